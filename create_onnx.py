@@ -1,0 +1,237 @@
+#!/usr/bin/env python3
+"""Convert an EfficientDet TensorFlow SavedModel into a TensorRT-ready ONNX graph.
+
+The graph takes float32 RGB images in 0-255 named `input`, normalises them as the
+model expects, and ends in TensorRT's EfficientNMS_TRT plugin (or BatchedNMS_TRT
+with --legacy_plugins) with outputs num_detections [N,1] int32, detection_boxes
+[N,D,4] (ymin, xmin, ymax, xmax in input pixels), detection_scores [N,D] and
+detection_classes [N,D] int32 (0-based). Check the result on CPU with
+`infer.py --onnx`, then build an engine with build_engine.py.
+"""
+
+import argparse
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from common import UserError, run_cli, setup_logging, write_bytes_atomic
+
+log = logging.getLogger("create_onnx")
+
+MIN_FAST_SCORE_THRESHOLD = 0.01
+DEFAULT_IOU_FOR_SOFT_NMS = 0.5
+
+
+def parse_input_shape(text, input_format=None):
+    """'1,512,512,3' / 'N,3,512,512' / '-1,...' -> (batch, height, width, layout); batch 'N' is dynamic."""
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 4:
+        raise UserError(f"--input_shape {text!r}: give four comma-separated numbers such as 1,512,512,3 or N,3,512,512")
+    batch = "N" if parts[0] in ("N", "n", "-1") else parts[0]
+    try:
+        dims = [int(p) for p in parts[1:]]
+        batch = batch if batch == "N" else int(batch)
+    except ValueError:
+        raise UserError(f"--input_shape {text!r}: dimensions must be integers (the batch may be N or -1)") from None
+    if batch != "N" and batch < 1 or min(dims) < 1:
+        raise UserError(f"--input_shape {text!r}: dimensions must be positive")
+    layout = input_format
+    if layout is None:
+        if dims[2] == 3 and dims[0] != 3:
+            layout = "NHWC"
+        elif dims[0] == 3 and dims[2] != 3:
+            layout = "NCHW"
+        else:
+            raise UserError(f"--input_shape {text!r} is ambiguous; add --input_format NHWC or NCHW")
+    if layout == "NHWC":
+        height, width, channels = dims
+    else:
+        channels, height, width = dims
+    if channels != 3:
+        raise UserError(f"--input_shape {text!r}: {layout} needs 3 channels in the {'last' if layout == 'NHWC' else 'second'} place")
+    return batch, height, width, layout
+
+
+def parse_input_size(text):
+    try:
+        height, width = (int(v) for v in text.split(","))
+    except ValueError:
+        raise UserError(f"--input_size {text!r}: give H,W such as 512,512") from None
+    return height, width
+
+
+def resolve_thresholds(tf_nms, nms_threshold, iou_threshold, nms_detections):
+    """Score threshold, IoU threshold and max detections: user overrides, else the model's own."""
+    if tf_nms is None and (nms_threshold is None or iou_threshold is None or nms_detections is None):
+        raise UserError("the SavedModel has no constant NonMaxSuppression settings; pass --nms_threshold, "
+                        "--iou_threshold and --nms_detections")
+    score = nms_threshold if nms_threshold is not None else tf_nms.score_threshold
+    if not np.isfinite(score) or score < 0:
+        log.info("the model's NMS score threshold is %s (unset); using 0", score)
+        score = 0.0
+    if score < MIN_FAST_SCORE_THRESHOLD:
+        log.warning("NMS score threshold %g is below %g: kept as asked (right for mAP), but EfficientNMS "
+                    "then sorts many more candidates and runs slower", score, MIN_FAST_SCORE_THRESHOLD)
+    if iou_threshold is not None:
+        iou = iou_threshold
+    elif tf_nms.is_soft:
+        iou = DEFAULT_IOU_FOR_SOFT_NMS
+        log.warning("the model uses soft (gaussian, sigma %g) NMS, which the TensorRT plugins do not have: "
+                    "using hard NMS with IoU %g (set --iou_threshold); detections will differ from "
+                    "TensorFlow's", tf_nms.soft_nms_sigma, iou)
+    else:
+        iou = tf_nms.iou_threshold
+    detections = nms_detections if nms_detections is not None else tf_nms.max_output_size
+    if detections < 1:
+        raise UserError(f"--nms_detections must be at least 1 (got {detections})")
+    # TF stores float32 thresholds: 0.2 arrives as 0.20000000298; keep what the user meant.
+    return float(f"{score:.6g}"), float(f"{iou:.6g}"), int(detections)
+
+
+@dataclass
+class ConvertedModel:
+    """tf2onnx's raw graph plus what the TF graph says about the model."""
+
+    model: object  # onnx.ModelProto
+    family: str
+    tf_nms: object  # tf_to_onnx.TFNmsConfig or None
+    source: str
+
+
+def convert_saved_model(saved_model, tf2onnx_path=None, opset=13):
+    """Stage 1 (TensorFlow): load the SavedModel and run tf2onnx."""
+    import tf_to_onnx
+
+    graph_def, inputs, outputs = tf_to_onnx.load_frozen_graph(saved_model)
+    family = tf_to_onnx.detect_family(graph_def, saved_model)
+    if family == tf_to_onnx.TFOD:
+        raise UserError(f"{saved_model}: TF2 Object Detection API EfficientDets are recognised but not converted "
+                        "yet; export the model with AutoML (google/automl efficientdet) instead")
+    tf_nms = tf_to_onnx.read_nms_config(graph_def)
+    model = tf_to_onnx.convert_to_onnx(graph_def, inputs, outputs, opset)
+    if tf2onnx_path:
+        write_bytes_atomic(tf2onnx_path, model.SerializeToString())
+        log.info("wrote the raw tf2onnx graph to %s", tf2onnx_path)
+    return ConvertedModel(model, family, tf_nms, saved_model)
+
+
+def build_graph(converted, input_shape=None, input_format=None, input_size=None, preprocessor="auto",
+                nms_threshold=None, iou_threshold=None, nms_detections=None, legacy_plugins=False,
+                class_agnostic=False):
+    """Stage 2 (ONNX only): graph surgery on a converted model; returns the final onnx.ModelProto."""
+    import onnx_graphsurgeon as gs
+
+    import graph_surgery as surgery
+
+    family = converted.family
+    graph = gs.import_onnx(converted.model)
+    stem = surgery.find_stem_conv(graph, family)
+    native_size = surgery.find_model_input_size(graph, stem)
+
+    if input_shape:
+        batch, height, width, layout = parse_input_shape(input_shape, input_format)
+    else:
+        layout = input_format or "NHWC"
+        batch = "N"
+        if input_size:
+            height, width = parse_input_size(input_size)
+        elif native_size:
+            height, width = native_size
+        else:
+            raise UserError("cannot read the model's input size from the graph; pass --input_size H,W")
+    if native_size and (height, width) != native_size:
+        raise UserError(f"{converted.source} was exported for {native_size[0]}x{native_size[1]} images (its anchors "
+                        f"and reshapes are fixed); --input_shape/--input_size asked for {height}x{width}. Re-export "
+                        "the SavedModel with that image_size, or leave the size out")
+
+    if preprocessor == "auto":
+        normalization = surgery.find_input_normalization(graph, stem)
+        if normalization is None:
+            log.warning("could not read the model's normalisation constants; using imagenet (set --preprocessor)")
+            normalization = surgery.preset_normalization("imagenet")
+    else:
+        normalization = surgery.preset_normalization(preprocessor)
+
+    class_scope, box_scope = surgery.HEAD_SCOPES[family]
+    class_concat = surgery.find_head_concat(graph, class_scope)
+    box_concat = surgery.find_head_concat(graph, box_scope)
+    split = surgery.find_box_split(box_concat)
+    num_classes = int(class_concat.inputs[0].inputs[0].inputs[1].values[-1])
+    log.info("heads: %s (%d classes), %s", class_concat.name, num_classes, box_concat.name)
+
+    analysis_shape = [1, height, width, 3] if layout == "NHWC" else [1, 3, height, width]
+    surgery.replace_input(graph, stem, analysis_shape, layout, normalization)
+
+    score, iou, detections = resolve_thresholds(converted.tf_nms, nms_threshold, iou_threshold, nms_detections)
+    if legacy_plugins:
+        decoded = surgery.find_box_decoder_output(split).outputs[0]
+        surgery.add_batched_nms(graph, decoded, class_concat.outputs[0], num_classes, detections, score, iou)
+    else:
+        anchors = surgery.extract_anchors(split)
+        surgery.add_efficient_nms(graph, box_concat.outputs[0], class_concat.outputs[0], anchors, num_classes,
+                                  detections, score, iou, class_agnostic)
+    surgery.cleanup(graph)
+    graph = surgery.fold_constants(graph)
+    surgery.precompute_resize_scales(graph)
+    surgery.make_reshapes_batch_agnostic(graph, 1)
+    surgery.set_batch_dim(graph, batch)
+    surgery.cleanup(graph)
+    graph.name = f"efficientdet-{family}"
+    model = gs.export_onnx(graph)
+    metadata = {
+        "efficientdet_family": family,
+        "input_layout": layout,
+        "box_format": "ymin,xmin,ymax,xmax;input_pixels",
+        "num_classes": str(num_classes),
+        "normalization": normalization.source,
+    }
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    log.info("final graph: %d nodes, input %s, batch %s", len(model.graph.node), analysis_shape[1:], batch)
+    return model
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("-m", "--saved_model", required=True, help="the TensorFlow SavedModel folder to convert")
+    parser.add_argument("-o", "--onnx", required=True, help="the ONNX file to write")
+    parser.add_argument("--input_shape", help="input shape with batch, e.g. 1,512,512,3 (NHWC) or N,3,512,512 "
+                        "(NCHW); a batch of N or -1 makes it dynamic. Default: dynamic batch, the model's own "
+                        "size, --input_format layout")
+    parser.add_argument("-f", "--input_format", choices=["NHWC", "NCHW"], default=None,
+                        help="input layout (default: from --input_shape, else NHWC)")
+    parser.add_argument("-i", "--input_size", help="H,W of the input (default: the size the model was exported for)")
+    parser.add_argument("-p", "--preprocessor", default="auto", choices=["auto", "imagenet", "scale_range"],
+                        help="input normalisation: auto reads the model's own mean/std; imagenet; scale_range "
+                        "(x*2/255-1, AdvProp models)")
+    parser.add_argument("-t", "--nms_threshold", type=float, help="NMS score threshold (default: the model's own; "
+                        "0 keeps every box, as mAP evaluation wants)")
+    parser.add_argument("--iou_threshold", type=float, help="NMS IoU threshold (default: the model's own; 0.5 for "
+                        "soft-NMS models)")
+    parser.add_argument("-d", "--nms_detections", type=int, help="max detections per image (default: the model's own)")
+    parser.add_argument("--class_agnostic", action="store_true", help="one NMS over all classes (reproduces "
+                        "AutoML's own global hard NMS) instead of per-class NMS")
+    parser.add_argument("--legacy_plugins", action="store_true", help="use BatchedNMS_TRT (TensorRT < 8) "
+                        "instead of EfficientNMS_TRT")
+    parser.add_argument("--opset", type=int, default=13, help="ONNX opset for tf2onnx")
+    parser.add_argument("--tf2onnx", metavar="PATH", help="also write the raw tf2onnx graph here (for debugging)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    start = time.perf_counter()
+    if args.nms_detections is not None and args.nms_detections < 1:
+        raise UserError(f"--nms_detections must be at least 1 (got {args.nms_detections})")
+    converted = convert_saved_model(args.saved_model, args.tf2onnx, args.opset)
+    model = build_graph(converted, args.input_shape, args.input_format, args.input_size, args.preprocessor,
+                        args.nms_threshold, args.iou_threshold, args.nms_detections, args.legacy_plugins,
+                        args.class_agnostic)
+    write_bytes_atomic(args.onnx, model.SerializeToString())
+    log.info("wrote %s in %.1f s", args.onnx, time.perf_counter() - start)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,357 @@
+"""ONNX graph edits that turn tf2onnx's EfficientDet graph into a TensorRT-ready one.
+
+Each helper does one thing to an onnx-graphsurgeon Graph and logs it; the order
+they are applied in is in `create_onnx.build_graph`.
+"""
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from common import UserError
+from tf_to_onnx import AUTOML, TFOD
+
+log = logging.getLogger("graph_surgery")
+
+STEM_SCOPES = {AUTOML: "/stem/", TFOD: "/stem_conv2d/"}
+HEAD_SCOPES = {
+    AUTOML: ("class_net/", "box_net/"),
+    TFOD: ("/WeightSharedConvolutionalClassHead/", "/WeightSharedConvolutionalBoxHead/"),
+}
+OUTPUT_NAMES = ("num_detections", "detection_boxes", "detection_scores", "detection_classes")
+
+# Normalisation on 0-255 RGB, per channel: (x - mean) * inv_std, the same two ops
+# AutoML's graph uses, so the converted graph computes bit-identical inputs.
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406]) * 255
+IMAGENET_STD = np.array([0.229, 0.224, 0.225]) * 255
+
+
+@dataclass
+class Normalization:
+    mean: np.ndarray
+    inv_std: np.ndarray
+    source: str
+
+    @classmethod
+    def from_mean_std(cls, mean, std, source):
+        mean = np.broadcast_to(np.asarray(mean, np.float64), (3,))
+        std = np.broadcast_to(np.asarray(std, np.float64), (3,))
+        return cls(mean.astype(np.float32), (1.0 / std).astype(np.float32), source)
+
+
+def preset_normalization(name):
+    if name == "imagenet":
+        return Normalization.from_mean_std(IMAGENET_MEAN, IMAGENET_STD, "imagenet")
+    if name == "scale_range":
+        return Normalization.from_mean_std(127.5, 127.5, "scale_range")
+    raise ValueError(name)
+
+
+# ----------------------------------------------------------------------------- finding things
+
+
+def find_stem_conv(graph, family):
+    scope = STEM_SCOPES[family]
+    convs = [node for node in graph.nodes if node.op == "Conv" and scope in node.name]
+    if not convs:
+        raise UserError(f"no stem convolution ('{scope}') found in the converted graph")
+    return convs[0]
+
+
+def _producer(tensor):
+    return tensor.inputs[0] if tensor.inputs else None
+
+
+def _constant(tensor):
+    return tensor.values if isinstance(tensor, gs.Constant) else None
+
+
+def _ancestors_along_first_input(node, limit=64):
+    """Nodes feeding `node` through input 0 (and data inputs of Mul/Sub/Div), nearest first."""
+    seen, queue, out = set(), [node], []
+    while queue and len(out) < limit:
+        current = queue.pop(0)
+        for tensor in current.inputs:
+            parent = _producer(tensor)
+            if parent is not None and id(parent) not in seen:
+                seen.add(id(parent))
+                out.append(parent)
+                queue.append(parent)
+    return out
+
+
+def find_input_normalization(graph, stem):
+    """Read the model's own mean/std from the Sub and Mul/Div constants before the stem.
+
+    AutoML normalises with `(x - mean) / std` (mean, std per channel, shape [1,1,3]);
+    tf2onnx keeps those constants. Returns None when they cannot be found.
+    """
+    mean = inv_std = None
+    for node in _ancestors_along_first_input(stem):
+        values = [_constant(t) for t in node.inputs]
+        consts = [v for v in values if v is not None and v.size in (1, 3) and v.dtype.kind == "f"]
+        if not consts:
+            continue
+        if node.op == "Sub" and mean is None and values[1] is not None:
+            mean = np.broadcast_to(values[1].reshape(-1), (3,)).astype(np.float32)
+        elif node.op == "Mul" and inv_std is None:
+            inv_std = np.broadcast_to(consts[0].reshape(-1), (3,)).astype(np.float32)
+        elif node.op == "Div" and inv_std is None and values[1] is not None:
+            inv_std = (1.0 / np.broadcast_to(values[1].reshape(-1), (3,))).astype(np.float32)
+    if mean is None or inv_std is None:
+        return None
+    std = 1.0 / inv_std.astype(np.float64)
+    return Normalization(mean, inv_std, f"model (mean {np.round(mean.astype(np.float64), 3).tolist()}, "
+                                        f"std {np.round(std, 3).tolist()})")
+
+
+def find_model_input_size(graph, stem):
+    """The (H, W) AutoML crops/pads to before the stem, from the crop Slice's ends."""
+    for node in _ancestors_along_first_input(stem):
+        if node.op == "Slice" and len(node.inputs) >= 3:
+            ends = _constant(node.inputs[2])
+            if ends is not None and ends.size == 3 and ends[2] > 1 << 20 and ends[0] > 0 and ends[1] > 0:
+                return int(ends[0]), int(ends[1])
+    return None
+
+
+def _comes_from_scope(tensor, scope, depth=6):
+    node = _producer(tensor)
+    for _ in range(depth):
+        if node is None:
+            return False
+        if scope in node.name:
+            return True
+        node = _producer(node.inputs[0]) if node.inputs else None
+    return False
+
+
+def find_head_concat(graph, scope):
+    """The Concat that joins a head's per-level outputs (Reshape -> Concat on axis 1)."""
+    for node in graph.nodes:
+        if node.op != "Concat" or len(node.inputs) < 3:
+            continue
+        if all(_producer(t) is not None and _producer(t).op == "Reshape" for t in node.inputs) and all(
+                _comes_from_scope(t, scope) for t in node.inputs):
+            return node
+    raise UserError(f"cannot find the '{scope}' head's output Concat in the converted graph")
+
+
+def find_box_split(box_concat):
+    for consumer in box_concat.outputs[0].outputs:
+        if consumer.op == "Split" and len(consumer.outputs) == 4:
+            return consumer
+    raise UserError("cannot find the box decoder's 4-way Split after the box head")
+
+
+def _first_descendant(tensor, op, limit=6):
+    """First node of type `op` below `tensor` following first consumers."""
+    current = tensor
+    for _ in range(limit):
+        if not current.outputs:
+            return None
+        node = current.outputs[0]
+        if node.op == op:
+            return node
+        current = node.outputs[0]
+    return None
+
+
+def extract_anchors(split):
+    """Anchors [1, A, 4] as (y_c, x_c, h, w) from the box decoder's Add/Mul constants."""
+    columns = []
+    for index, op in ((0, "Add"), (1, "Add"), (2, "Mul"), (3, "Mul")):
+        node = _first_descendant(split.outputs[index], op)
+        values = None
+        if node is not None:
+            values = next((_constant(t) for t in node.inputs if _constant(t) is not None and _constant(t).size > 1), None)
+        if values is None:
+            raise UserError(f"cannot read the anchors from the box decoder (output {index} of {split.name})")
+        columns.append(values.reshape(-1).astype(np.float32))
+    if len({c.size for c in columns}) != 1:
+        raise UserError("the box decoder's anchor constants have different lengths")
+    anchors = np.stack(columns, axis=-1)[None]
+    log.info("extracted %d anchors from the box decoder", anchors.shape[1])
+    return anchors
+
+
+def find_box_decoder_output(split):
+    """The Concat that stacks the decoded (ymin, xmin, ymax, xmax) boxes."""
+    seen, queue = set(), [split]
+    while queue:
+        node = queue.pop(0)
+        for tensor in node.outputs:
+            for consumer in tensor.outputs:
+                if id(consumer) in seen:
+                    continue
+                seen.add(id(consumer))
+                if consumer.op == "Concat" and len(consumer.inputs) == 4:
+                    return consumer
+                queue.append(consumer)
+    raise UserError("cannot find the box decoder's output Concat")
+
+
+# ----------------------------------------------------------------------------- edits
+
+
+def replace_input(graph, stem, shape, layout, normalization):
+    """New float32 0-255 RGB input `input`, normalised and (NHWC) transposed into the stem conv.
+
+    The TF preprocessing (cast, resize, pad) is left dangling for cleanup.
+    """
+    image = gs.Variable("input", dtype=np.float32, shape=list(shape))
+    bshape = (1, 1, 1, 3) if layout == "NHWC" else (1, 3, 1, 1)
+    centred = gs.Variable("preprocessor/centred", dtype=np.float32)
+    normalised = gs.Variable("preprocessor/normalized", dtype=np.float32)
+    graph.nodes.append(gs.Node("Sub", "preprocessor/mean", inputs=[
+        image, gs.Constant("preprocessor/mean:0", normalization.mean.reshape(bshape))], outputs=[centred]))
+    graph.nodes.append(gs.Node("Mul", "preprocessor/inv_std", inputs=[
+        centred, gs.Constant("preprocessor/inv_std:0", normalization.inv_std.reshape(bshape))],
+        outputs=[normalised]))
+    if layout == "NHWC":
+        nchw = gs.Variable("preprocessor/nchw", dtype=np.float32)
+        graph.nodes.append(gs.Node("Transpose", "preprocessor/transpose", attrs={"perm": [0, 3, 1, 2]},
+                                   inputs=[normalised], outputs=[nchw]))
+        normalised = nchw
+    stem.inputs[0] = normalised
+    graph.inputs = [image]
+    log.info("input 'input' %s float32 %s, normalisation %s", list(shape), layout, normalization.source)
+    return image
+
+
+def add_efficient_nms(graph, boxes, scores, anchors, num_classes, max_detections, score_threshold,
+                      iou_threshold, class_agnostic=False):
+    """EfficientNMS_TRT with the fused box decoder (box_coding 1, sigmoid scores)."""
+    attrs = {
+        "plugin_version": "1",
+        "background_class": -1,
+        "max_output_boxes": int(max_detections),
+        "score_threshold": float(score_threshold),
+        "iou_threshold": float(iou_threshold),
+        "score_activation": 1,
+        "class_agnostic": int(bool(class_agnostic)),
+        "box_coding": 1,
+    }
+    anchor_const = gs.Constant("nms/anchors:0", anchors.astype(np.float32))
+    outputs = _nms_outputs(max_detections, np.int32)
+    graph.nodes.append(gs.Node("EfficientNMS_TRT", "nms/non_maximum_suppression", attrs=attrs,
+                               inputs=[boxes, scores, anchor_const], outputs=outputs))
+    graph.outputs = outputs
+    log.info("added EfficientNMS_TRT (%d classes) %s", num_classes, attrs)
+    return outputs
+
+
+def add_batched_nms(graph, decoded_boxes, scores, num_classes, max_detections, score_threshold, iou_threshold):
+    """BatchedNMS_TRT (TensorRT < 8): decoded pixel boxes [N,A,1,4] and sigmoid scores."""
+    boxes4 = gs.Variable("nms/boxes", dtype=np.float32)
+    graph.nodes.append(gs.Node("Unsqueeze", "nms/boxes_unsqueeze",
+                               inputs=[decoded_boxes, gs.Constant("nms/axes:0", np.array([2], np.int64))],
+                               outputs=[boxes4]))
+    probabilities = gs.Variable("nms/scores", dtype=np.float32)
+    graph.nodes.append(gs.Node("Sigmoid", "nms/scores_sigmoid", inputs=[scores], outputs=[probabilities]))
+    attrs = {
+        "plugin_version": "1",
+        "shareLocation": 1,
+        "backgroundLabelId": -1,
+        "numClasses": int(num_classes),
+        "topK": 1024,
+        "keepTopK": int(max_detections),
+        "scoreThreshold": float(score_threshold),
+        "iouThreshold": float(iou_threshold),
+        "isNormalized": 0,
+        "clipBoxes": 0,
+    }
+    outputs = _nms_outputs(max_detections, np.float32)
+    graph.nodes.append(gs.Node("BatchedNMS_TRT", "nms/batched_nms", attrs=attrs,
+                               inputs=[boxes4, probabilities], outputs=outputs))
+    graph.outputs = outputs
+    log.info("added BatchedNMS_TRT %s", attrs)
+    return outputs
+
+
+def _nms_outputs(max_detections, class_dtype):
+    return [
+        gs.Variable(OUTPUT_NAMES[0], dtype=np.int32, shape=["N", 1]),
+        gs.Variable(OUTPUT_NAMES[1], dtype=np.float32, shape=["N", max_detections, 4]),
+        gs.Variable(OUTPUT_NAMES[2], dtype=np.float32, shape=["N", max_detections]),
+        gs.Variable(OUTPUT_NAMES[3], dtype=class_dtype, shape=["N", max_detections]),
+    ]
+
+
+def cleanup(graph):
+    graph.cleanup(remove_unused_graph_inputs=True).toposort()
+    return graph
+
+
+def infer_shapes(graph):
+    """ONNX shape inference; returns a new graph (custom plugin nodes keep their declared shapes)."""
+    return gs.import_onnx(onnx.shape_inference.infer_shapes(gs.export_onnx(graph)))
+
+
+def fold_constants(graph, passes=3):
+    """Alternate shape inference and constant folding (with shape folding) until nothing changes."""
+    for _ in range(passes):
+        before = len(graph.nodes)
+        graph = infer_shapes(graph)
+        graph.fold_constants(fold_shapes=True)
+        cleanup(graph)
+        if len(graph.nodes) == before:
+            break
+    log.info("folded constants: %d nodes left", len(graph.nodes))
+    return infer_shapes(graph)
+
+
+def precompute_resize_scales(graph):
+    """Give every Resize constant `scales` (TensorRT wants static scales, not shape-computed sizes)."""
+    changed = 0
+    for node in graph.nodes:
+        if node.op != "Resize" or len(node.inputs) < 3:
+            continue
+        data, output = node.inputs[0], node.outputs[0]
+        has_sizes = len(node.inputs) == 4 and not (_constant(node.inputs[3]) is not None and _constant(node.inputs[3]).size == 0)
+        scales = _constant(node.inputs[2])
+        if not has_sizes and scales is not None and scales.size == 4:
+            continue
+        if data.shape is None or output.shape is None or any(not isinstance(d, int) for d in data.shape[2:] + output.shape[2:]):
+            raise UserError(f"cannot precompute the scales of {node.name}: its spatial shape is not static")
+        values = np.array([1.0, 1.0] + [o / i for o, i in zip(output.shape[2:], data.shape[2:])], np.float32)
+        roi = node.inputs[1] if len(node.inputs) > 1 else gs.Constant(f"{node.name}/roi", np.array([], np.float32))
+        node.inputs = [data, roi, gs.Constant(f"{node.name}/scales", values)]
+        changed += 1
+    log.info("precomputed scales for %d Resize nodes", changed)
+
+
+def make_reshapes_batch_agnostic(graph, batch):
+    """Reshape targets that start with the static analysis batch get -1 there (others made explicit)."""
+    changed = 0
+    for node in graph.nodes:
+        if node.op != "Reshape":
+            continue
+        target = _constant(node.inputs[1])
+        out_shape = node.outputs[0].shape
+        if target is None or target.size < 2 or out_shape is None or len(out_shape) != target.size:
+            continue
+        if target[0] not in (batch, 0, -1) or out_shape[0] != batch:
+            continue
+        if any(not isinstance(d, int) for d in out_shape[1:]):
+            continue
+        new_target = np.array([-1] + [int(d) for d in out_shape[1:]], np.int64)
+        if not np.array_equal(new_target, target):
+            node.inputs[1] = gs.Constant(f"{node.name}/batch_agnostic_shape", new_target)
+            changed += 1
+    log.info("made %d Reshape nodes batch-agnostic", changed)
+
+
+def set_batch_dim(graph, batch):
+    """Set the batch dimension of the input and of the four outputs (int or 'N')."""
+    for tensor in list(graph.inputs) + list(graph.outputs):
+        if tensor.shape:
+            tensor.shape = [batch] + list(tensor.shape[1:])
+    # Intermediate shapes were inferred at the analysis batch: drop them so
+    # they are re-inferred (or left to the runtime) for the real batch.
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Variable) and tensor not in graph.inputs and tensor not in graph.outputs:
+            tensor.shape = None
