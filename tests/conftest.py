@@ -1,0 +1,105 @@
+"""Session fixtures: real AutoML EfficientDet SavedModels, their conversions and TF reference outputs.
+
+SavedModels are exported once (by tests/fixtures/make_automl_savedmodel.py, in a
+subprocess because it switches TensorFlow to graph mode) and cached under
+.cache/fixtures/ (gitignored), keyed by their settings and the generator's
+source, so a changed generator makes new ones. Set EFFDET_TEST_CACHE to move it.
+"""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE_DIR = ROOT / "tests" / "fixtures"
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(FIXTURE_DIR))
+
+from synthetic_images import make_image  # noqa: E402
+
+CACHE = Path(os.environ.get("EFFDET_TEST_CACHE", ROOT / ".cache" / "fixtures"))
+
+# image_size 256 keeps every fixture fast; lite0 also checks a model with
+# different normalisation (mean 127, std 128) and anchors (anchor_scale 3).
+MODELS = {
+    "d0_hard": dict(model_name="efficientdet-d0", image_size=256, nms_method="hard", score_thresh=0.2),
+    "lite0_hard": dict(model_name="efficientdet-lite0", image_size=256, nms_method="hard", score_thresh=0.2),
+    # AutoML's default post-processing: gaussian soft NMS, score threshold unset (0.001).
+    "d0_soft": dict(model_name="efficientdet-d0", image_size=256, nms_method="gaussian", score_thresh=0.0),
+}
+NUM_TEST_IMAGES = 8
+
+
+def _generator_digest():
+    digest = hashlib.sha256()
+    for name in ("make_automl_savedmodel.py", "synthetic_images.py"):
+        digest.update((FIXTURE_DIR / name).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def saved_model_path(name):
+    """Path of fixture SavedModel `name`, exporting it first if it is not cached."""
+    settings = MODELS[name]
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+    path = CACHE / f"{name}-{key}-{_generator_digest()}"
+    if not (path / "saved_model.pb").is_file():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, str(FIXTURE_DIR / "make_automl_savedmodel.py"), "--output", str(path)]
+        for option, value in settings.items():
+            command += [f"--{option}", str(value)]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"fixture export failed:\n{result.stderr[-4000:]}")
+    return str(path)
+
+
+class TFReference:
+    """A fixture SavedModel run in TensorFlow on the test images."""
+
+    def __init__(self, path, size):
+        import tensorflow as tf
+
+        self.path = path
+        self.images = [np.asarray(make_image(size, size, seed)[0]) for seed in range(NUM_TEST_IMAGES)]
+        self.graph = tf.Graph()
+        self.session = tf.compat.v1.Session(graph=self.graph)
+        with self.graph.as_default():
+            tf.compat.v1.saved_model.loader.load(self.session, ["serve"], path)
+
+    def run(self, tensor_names, image):
+        """Fetch TF tensors (names as in the ONNX graph, e.g. 'concat:0') for one uint8 image."""
+        return self.session.run(list(tensor_names), {"image_arrays:0": image[None]})
+
+    def detections(self, image):
+        """TF's detections as (boxes yxyx, scores, classes 0-based), padding rows removed."""
+        rows = self.run(["detections:0"], image)[0][0]
+        rows = rows[rows[:, 5] > 0]
+        return rows[:, 1:5], rows[:, 5], rows[:, 6].astype(np.int64) - 1
+
+
+@pytest.fixture(scope="session")
+def fixture_model():
+    """fixture_model(name) -> (saved_model_path, ConvertedModel, TFReference), each made once."""
+    import create_onnx
+
+    made = {}
+
+    def get(name):
+        if name not in made:
+            path = saved_model_path(name)
+            converted = create_onnx.convert_saved_model(path)
+            made[name] = (path, converted, TFReference(path, MODELS[name]["image_size"]))
+        return made[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def work_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("work")

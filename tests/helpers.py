@@ -1,0 +1,43 @@
+"""Shared test helpers: write graphs, run them, match detection sets."""
+
+import numpy as np
+import onnx
+
+from nms_reference import iou_one_to_many
+from runners import OnnxCpuRunner
+
+
+def save_and_open(model, path):
+    onnx.save(model, str(path))
+    return OnnxCpuRunner(str(path)).activate()
+
+
+def as_input(images, layout):
+    batch = np.stack(images).astype(np.float32)
+    return batch.transpose(0, 3, 1, 2).copy() if layout == "NCHW" else batch
+
+
+def per_image(outputs, index, clip_to=None):
+    """(boxes, scores, classes) of image `index` from the four runner outputs."""
+    count = int(outputs["num_detections"][index, 0])
+    boxes = outputs["detection_boxes"][index, :count]
+    if clip_to is not None:
+        boxes = np.clip(boxes, 0, clip_to)
+    return boxes, outputs["detection_scores"][index, :count], outputs["detection_classes"][index, :count].astype(np.int64)
+
+
+def matched_fraction(reference, ours, min_iou=0.99, max_score_delta=1e-3):
+    """Fraction of `reference` detections with a same-class match in `ours` (IoU, |score delta|)."""
+    ref_boxes, ref_scores, ref_classes = reference
+    boxes, scores, classes = ours
+    if len(ref_boxes) == 0:
+        return 1.0, 0
+    matched = 0
+    for box, score, cls in zip(ref_boxes, ref_scores, ref_classes):
+        if len(boxes) == 0:
+            continue
+        ok = (iou_one_to_many(np.asarray(box, np.float32), boxes) >= min_iou) & (classes == cls)
+        if max_score_delta is not None:
+            ok &= np.abs(scores - score) <= max_score_delta
+        matched += bool(ok.any())
+    return matched / len(ref_boxes), len(ref_boxes)

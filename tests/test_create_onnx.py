@@ -1,0 +1,265 @@
+"""create_onnx on real AutoML EfficientDet SavedModels, checked against TensorFlow on CPU."""
+
+import logging
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+import create_onnx
+import nms_reference
+from conftest import MODELS, ROOT
+from helpers import as_input, matched_fraction, per_image, save_and_open
+
+HARD_FIXTURES = ["d0_hard", "lite0_hard"]
+HEAD_TOLERANCE = 1e-4
+
+# (input_shape, batch sizes to run it at)
+VARIANTS = [
+    ("N,{s},{s},3", (1, 4, 7)),
+    ("N,3,{s},{s}", (1, 4, 7)),
+    ("1,{s},{s},3", (1,)),
+    ("1,3,{s},{s}", (1,)),
+    ("4,{s},{s},3", (4,)),
+    ("4,3,{s},{s}", (4,)),
+]
+
+
+def _batches(images, size):
+    """Split the test images into batches of `size` (the last one topped up from the start)."""
+    out = []
+    for start in range(0, len(images), size):
+        indices = [(start + i) % len(images) for i in range(size)]
+        out.append(indices)
+    return out
+
+
+def _tf_heads(reference, names, cache={}):
+    key = (reference.path, tuple(names))
+    if key not in cache:
+        cache[key] = [reference.run(names, image) for image in reference.images]
+    return cache[key]
+
+
+@pytest.mark.parametrize("fixture", HARD_FIXTURES)
+@pytest.mark.parametrize("shape,run_batches", VARIANTS)
+def test_parity_with_tensorflow(fixture, shape, run_batches, fixture_model, work_dir):
+    """Pre-NMS heads match TF to 1e-4; with AutoML's own (global) NMS, >= 99% of TF's detections match."""
+    _, converted, reference = fixture_model(fixture)
+    size = MODELS[fixture]["image_size"]
+    input_shape = shape.format(s=size)
+    model = create_onnx.build_graph(converted, input_shape=input_shape, class_agnostic=True)
+    name = f"{fixture}-{input_shape.replace(',', 'x')}.onnx"
+    runner = save_and_open(model, work_dir / name)
+    layout = runner.input_layout
+    assert layout == ("NCHW" if input_shape.split(",")[1] == "3" else "NHWC")
+    head_names = [item for item in runner.plugin[2] if isinstance(item, str)]  # boxes, scores (TF tensor names)
+    tf_heads = _tf_heads(reference, head_names)
+
+    matched = total = 0
+    worst = 0.0
+    for batch_size in run_batches:
+        for indices in _batches(reference.images, batch_size):
+            feed = {"input": as_input([reference.images[i] for i in indices], layout)}
+            raw = runner.infer_raw(feed)
+            outputs = runner.infer(feed)
+            for row, index in enumerate(indices):
+                for head, tf_value in zip(head_names, tf_heads[index]):
+                    worst = max(worst, float(np.abs(raw[head][row] - tf_value[0]).max()))
+                fraction, count = matched_fraction(reference.detections(reference.images[index]),
+                                                   per_image(outputs, row, clip_to=size))
+                matched += round(fraction * count)
+                total += count
+    print(f"{fixture} {input_shape}: max |head delta| {worst:.2e}, matched {matched}/{total}")
+    assert worst <= HEAD_TOLERANCE
+    assert total >= 8 * 50
+    assert matched / total >= 0.99
+
+
+@pytest.mark.parametrize("fixture", HARD_FIXTURES)
+def test_default_per_class_nms_equals_reference_on_tf_heads(fixture, fixture_model, work_dir):
+    """The default graph (per-class NMS, as TensorRT runs it) equals the NMS reference applied to TF's heads."""
+    _, converted, reference = fixture_model(fixture)
+    runner = save_and_open(create_onnx.build_graph(converted), work_dir / f"{fixture}-default.onnx")
+    op, attrs, inputs, _ = runner.plugin
+    assert op == "EfficientNMS_TRT" and attrs["class_agnostic"] == 0
+    params = nms_reference.EfficientNMSParams.from_attrs(attrs)
+    size = MODELS[fixture]["image_size"]
+    matched = total = global_matched = 0
+    for index, image in enumerate(reference.images):
+        boxes, scores = _tf_heads(reference, inputs[:2])[index]
+        expected = nms_reference.efficient_nms(boxes, scores, inputs[2], params)
+        expected = dict(zip(create_onnx_outputs(), expected))
+        ours = runner.infer({"input": as_input([image], "NHWC")})
+        fraction, count = matched_fraction(per_image(expected, 0), per_image(ours, 0))
+        matched += round(fraction * count)
+        total += count
+        fraction, count = matched_fraction(reference.detections(image), per_image(ours, 0, clip_to=size))
+        global_matched += round(fraction * count)
+    print(f"{fixture}: per-class NMS keeps {global_matched}/{total} of TensorFlow's global-NMS detections")
+    assert matched / total >= 0.99
+
+
+def create_onnx_outputs():
+    return ("num_detections", "detection_boxes", "detection_scores", "detection_classes")
+
+
+def test_graph_structure(fixture_model):
+    _, converted, _ = fixture_model("d0_hard")
+    model = create_onnx.build_graph(converted)
+    graph = model.graph
+    assert [i.name for i in graph.input] == ["input"]
+    dims = [d.dim_param or d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["N", 256, 256, 3]
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    outputs = {o.name: o.type.tensor_type for o in graph.output}
+    assert list(outputs) == ["num_detections", "detection_boxes", "detection_scores", "detection_classes"]
+    assert outputs["num_detections"].elem_type == onnx.TensorProto.INT32
+    assert outputs["detection_classes"].elem_type == onnx.TensorProto.INT32
+    assert [d.dim_value or d.dim_param for d in outputs["detection_boxes"].shape.dim] == ["N", 100, 4]
+    nms = [n for n in graph.node if n.op_type == "EfficientNMS_TRT"]
+    assert len(nms) == 1
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in nms[0].attribute}
+    assert attrs["plugin_version"] == b"1" and attrs["box_coding"] == 1 and attrs["score_activation"] == 1
+    assert attrs["background_class"] == -1 and attrs["class_agnostic"] == 0
+    assert attrs["max_output_boxes"] == 100
+    assert attrs["score_threshold"] == pytest.approx(0.2) and attrs["iou_threshold"] == pytest.approx(0.5)
+    ops = {n.op_type for n in graph.node}
+    assert not ops & {"NonMaxSuppression", "Cast", "Shape", "Pad", "ArgMax"}  # TF pre/post-processing is gone
+    for node in graph.node:
+        if node.op_type == "Resize":
+            assert len(node.input) == 3  # constant scales, no shape-computed sizes
+    anchors = [i for i in graph.initializer if i.name == nms[0].input[2]][0]
+    assert list(anchors.dims) == [1, 9 * (32 * 32 + 16 * 16 + 8 * 8 + 4 * 4 + 2 * 2), 4]
+    metadata = {p.key: p.value for p in model.metadata_props}
+    assert metadata["input_layout"] == "NHWC" and metadata["efficientdet_family"] == "automl"
+
+
+def test_lite_normalisation_is_read_from_the_model(fixture_model):
+    _, converted, _ = fixture_model("lite0_hard")
+    model = create_onnx.build_graph(converted)
+    values = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    assert np.allclose(values["preprocessor/mean:0"].reshape(-1), 127.0)
+    assert np.allclose(values["preprocessor/inv_std:0"].reshape(-1), 1 / 128.0)
+    imagenet = create_onnx.build_graph(converted, preprocessor="imagenet")
+    values = {i.name: onnx.numpy_helper.to_array(i) for i in imagenet.graph.initializer}
+    assert np.allclose(values["preprocessor/mean:0"].reshape(-1), [123.675, 116.28, 103.53])
+
+
+def test_zero_score_threshold_is_honoured(fixture_model, work_dir, caplog):
+    _, converted, reference = fixture_model("d0_hard")
+    with caplog.at_level(logging.WARNING):
+        model = create_onnx.build_graph(converted, nms_threshold=0.0, nms_detections=300)
+    assert "below 0.01" in caplog.text
+    runner = save_and_open(model, work_dir / "d0-threshold0.onnx")
+    assert runner.plugin[1]["score_threshold"] == 0.0
+    outputs = runner.infer({"input": as_input(reference.images[:2], "NHWC")})
+    assert outputs["num_detections"][:, 0].tolist() == [300, 300]
+
+
+def test_legacy_batched_nms_matches_efficient_nms(fixture_model, work_dir):
+    _, converted, reference = fixture_model("d0_hard")
+    legacy = save_and_open(create_onnx.build_graph(converted, legacy_plugins=True), work_dir / "d0-legacy.onnx")
+    op, attrs, _, _ = legacy.plugin
+    assert op == "BatchedNMS_TRT"
+    assert attrs["numClasses"] == 90 and attrs["keepTopK"] == 100 and attrs["shareLocation"] == 1
+    default = save_and_open(create_onnx.build_graph(converted), work_dir / "d0-default.onnx")
+    matched = total = 0
+    for image in reference.images:
+        feed = {"input": as_input([image], "NHWC")}
+        theirs, ours = legacy.infer(feed), default.infer(feed)
+        assert theirs["detection_classes"].dtype == np.float32
+        fraction, count = matched_fraction(per_image(ours, 0), per_image(theirs, 0), min_iou=0.999)
+        matched += round(fraction * count)
+        total += count
+    print(f"BatchedNMS vs EfficientNMS: {matched}/{total}")
+    assert matched / total >= 0.95
+
+
+def test_soft_nms_model_converts_to_hard_nms(fixture_model, work_dir, caplog):
+    _, converted, reference = fixture_model("d0_soft")
+    assert converted.tf_nms.is_soft
+    with caplog.at_level(logging.WARNING):
+        model = create_onnx.build_graph(converted, class_agnostic=True)
+    assert "soft" in caplog.text
+    runner = save_and_open(model, work_dir / "d0-soft.onnx")
+    assert runner.plugin[1]["iou_threshold"] == 0.5
+    assert runner.plugin[1]["score_threshold"] == pytest.approx(0.001)
+    matched = total = 0
+    for image in reference.images:
+        ours = runner.infer({"input": as_input([image], "NHWC")})
+        fraction, count = matched_fraction(reference.detections(image), per_image(ours, 0, clip_to=256),
+                                           min_iou=0.99, max_score_delta=None)
+        matched += round(fraction * count)
+        total += count
+    print(f"soft-NMS gap: hard NMS finds {matched}/{total} of TensorFlow's soft-NMS detections")
+    assert total > 0
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, str(ROOT / "create_onnx.py"), *args], capture_output=True, text=True)
+
+
+def assert_clean_error(result, *fragments):
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ")
+    for fragment in fragments:
+        assert fragment in last
+
+
+def test_cli_converts_and_writes_atomically(fixture_model, tmp_path):
+    path, _, _ = fixture_model("d0_hard")
+    output = tmp_path / "model.onnx"
+    result = run_cli("--saved_model", path, "--onnx", str(output), "--input_shape", "1,3,256,256")
+    assert result.returncode == 0, result.stderr[-3000:]
+    model = onnx.load(str(output))
+    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [1, 3, 256, 256]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+def test_cli_help_shows_defaults():
+    result = run_cli("--help")
+    assert result.returncode == 0 and "--nms_threshold" in result.stdout and "default: auto" in result.stdout
+
+
+def test_cli_missing_path(tmp_path):
+    assert_clean_error(run_cli("--saved_model", str(tmp_path / "nope"), "--onnx", str(tmp_path / "x.onnx")),
+                       "nope", "no such file")
+
+
+def test_cli_folder_that_is_not_a_saved_model(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    assert_clean_error(run_cli("--saved_model", str(tmp_path), "--onnx", str(tmp_path / "x.onnx")),
+                       "not a TensorFlow SavedModel")
+
+
+def test_cli_bad_input_shape(fixture_model, tmp_path):
+    path, _, _ = fixture_model("d0_hard")
+    assert_clean_error(run_cli("--saved_model", path, "--onnx", str(tmp_path / "x.onnx"), "--input_shape", "1,512"),
+                       "--input_shape")
+
+
+def test_cli_size_the_model_was_not_exported_for(fixture_model, tmp_path):
+    path, _, _ = fixture_model("d0_hard")
+    result = run_cli("--saved_model", path, "--onnx", str(tmp_path / "x.onnx"), "--input_size", "512,512")
+    assert_clean_error(result, "256x256", "512x512")
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_cli_rejects_a_keras_classifier_and_keeps_existing_output(tmp_path):
+    import tensorflow as tf
+
+    inputs = tf.keras.Input((32, 32, 3))
+    hidden = tf.keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+    outputs = tf.keras.layers.Dense(10)(tf.keras.layers.GlobalAveragePooling2D()(hidden))
+    tf.saved_model.save(tf.keras.Model(inputs, outputs), str(tmp_path / "classifier"))
+    existing = tmp_path / "model.onnx"
+    existing.write_bytes(b"the user's previous model")
+    result = run_cli("--saved_model", str(tmp_path / "classifier"), "--onnx", str(existing))
+    assert_clean_error(result, "not an EfficientDet")
+    assert existing.read_bytes() == b"the user's previous model"
