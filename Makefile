@@ -1,0 +1,37 @@
+# Everything runs in a local virtualenv (.venv) made from requirements*.txt.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO ?= demo_output
+DEMO_MODEL ?= efficientdet-d0
+DEMO_SIZE ?= 512
+
+.PHONY: install test demo benchmark clean
+
+$(VENV)/.installed: requirements.txt requirements-test.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt -r requirements-test.txt
+	# AutoML's EfficientDet code (test fixtures, demo model): its declared deps do not install on 3.11
+	$(PY) -m pip install -q --no-deps tflite-model-maker==0.4.3
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+# End to end on the CPU: a real EfficientDet SavedModel (random weights) -> ONNX -> detections on images.
+demo: install
+	test -f $(DEMO)/saved_model/saved_model.pb || $(PY) tests/fixtures/make_automl_savedmodel.py \
+		--model_name $(DEMO_MODEL) --image_size $(DEMO_SIZE) --output $(DEMO)/saved_model
+	$(PY) create_onnx.py --saved_model $(DEMO)/saved_model --onnx $(DEMO)/model.onnx
+	$(PY) tests/fixtures/synthetic_images.py --output $(DEMO)/images --count 6
+	$(PY) infer.py --onnx $(DEMO)/model.onnx --input $(DEMO)/images --output $(DEMO)/results --nms_threshold 0.3
+	@echo "visualizations and results: $(DEMO)/results"
+
+benchmark: install
+	$(PY) benchmarks/bench_create_onnx.py
+
+clean:
+	rm -rf $(DEMO) .cache

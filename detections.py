@@ -1,0 +1,63 @@
+"""Model outputs -> per-image detections in original-image pixels, and their result files."""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from common import atomic_output
+
+
+@dataclass
+class Detections:
+    """One image's detections: boxes (x1, y1, x2, y2) in original pixels, scores, 0-based classes."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    classes: np.ndarray
+
+    def __len__(self):
+        return len(self.scores)
+
+
+def split_batch(outputs, infos, min_score=0.0, normalized=False, input_hw=None):
+    """Turn the four NMS outputs of a batch into Detections for each real image in `infos`.
+
+    Boxes come from the graph as (ymin, xmin, ymax, xmax) in model-input pixels
+    (or 0-1 when `normalized`, then scaled by input_hw); they are mapped back
+    with each image's own x and y scales and clipped to the image.
+    """
+    results = []
+    for row, info in enumerate(infos):
+        count = int(outputs["num_detections"][row].reshape(-1)[0])
+        boxes = np.asarray(outputs["detection_boxes"][row, :count], np.float64)
+        scores = np.asarray(outputs["detection_scores"][row, :count], np.float64)
+        classes = np.asarray(outputs["detection_classes"][row, :count]).astype(np.int64)
+        if normalized:
+            height, width = input_hw
+            boxes = boxes * np.array([height, width, height, width])
+        keep = scores >= min_score
+        yxyx = info.to_original(boxes[keep])
+        results.append(Detections(yxyx[:, [1, 0, 3, 2]], scores[keep], classes[keep]))
+    return results
+
+
+def format_tsv(detections):
+    """'xmin ymin xmax ymax score class' per line, tab-separated."""
+    lines = [f"{x1:.4f}\t{y1:.4f}\t{x2:.4f}\t{y2:.4f}\t{score:.6f}\t{cls}"
+             for (x1, y1, x2, y2), score, cls in zip(detections.boxes.tolist(), detections.scores.tolist(),
+                                                     detections.classes.tolist())]
+    return "".join(line + "\n" for line in lines)
+
+
+def write_tsv(path, detections):
+    with atomic_output(path, "w") as handle:
+        handle.write(format_tsv(detections))
+
+
+def read_tsv(path):
+    """Parse a results file written by write_tsv back into Detections."""
+    rows = [line.split("\t") for line in open(path, encoding="utf-8").read().splitlines() if line.strip()]
+    if not rows:
+        return Detections(np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64))
+    values = np.array([[float(v) for v in row[:5]] for row in rows])
+    return Detections(values[:, :4], values[:, 4], np.array([int(row[5]) for row in rows], np.int64))
