@@ -6,7 +6,7 @@ DEMO ?= demo_output
 DEMO_MODEL ?= efficientdet-d0
 DEMO_SIZE ?= 512
 
-.PHONY: install test demo benchmark clean
+.PHONY: install test typecheck pytest demo benchmark clean
 
 $(VENV)/.installed: requirements.txt requirements-test.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,16 @@ $(VENV)/.installed: requirements.txt requirements-test.txt
 
 install: $(VENV)/.installed
 
-test: install
+test: typecheck pytest
+
+pytest: install
 	$(PY) -m pytest -q -p no:cacheprovider tests
+
+# Static check of the TensorRT-facing code against TensorRT 10.x stubs and 11.x runtime stubs.
+typecheck: install
+	PY=$(PY) tools/make_trt_stubs.sh
+	$(VENV)/bin/pyright -p pyrightconfig.json
+	$(VENV)/bin/pyright -p pyrightconfig.trt11.json
 
 # End to end on the CPU: a real EfficientDet SavedModel (random weights) -> ONNX -> detections on images.
 demo: install
@@ -32,6 +40,7 @@ demo: install
 
 benchmark: install
 	$(PY) benchmarks/bench_create_onnx.py
+	$(PY) benchmarks/bench_image_batcher.py
 
 clean:
 	rm -rf $(DEMO) .cache

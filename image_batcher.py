@@ -11,7 +11,10 @@ detections map back to original pixels exactly, axis by axis.
 import logging
 import os
 import random
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 from PIL import Image
@@ -61,9 +64,18 @@ def list_images(input_path, recursive=False):
     return sorted(found)
 
 
-def load_rgb(path):
-    """Open an image as 8-bit RGB whatever its mode (L, LA, P, RGBA, CMYK, 16-bit, ...)."""
+def load_rgb(path, draft_box=None):
+    """Open an image as 8-bit RGB whatever its mode (L, LA, P, RGBA, CMYK, 16-bit, ...).
+
+    With draft_box (H, W) of the model input, a JPEG is decoded at the smallest
+    reduced scale (1/2, 1/4 or 1/8) that is still at least as large as the size
+    it will be resized to: much faster for big photos, slightly different pixels.
+    Returns (image, (original width, original height)).
+    """
     image = Image.open(path)
+    original = image.size
+    if draft_box is not None and image.format == "JPEG":
+        image.draft("RGB", fitted_size(original[0], original[1], *draft_box))
     image.load()
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit greyscale: keep the top 8 bits (PIL's convert("L") would clip at 255).
@@ -71,40 +83,65 @@ def load_rgb(path):
         image = Image.fromarray((array >> 8 if array.max() > 255 else array).astype(np.uint8), "L")
     elif image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
-    return image.convert("RGB")
+    return image.convert("RGB"), original
+
+
+def fitted_size(original_w, original_h, height, width):
+    """Size of an image resized to fit H x W with its aspect ratio kept."""
+    scale = 1.0 / max(original_w / width, original_h / height)
+    return min(width, max(1, round(original_w * scale))), min(height, max(1, round(original_h * scale)))
+
+
+def fit_into(image, original_size, out, layout):
+    """Resize `image` to fit `out` (aspect kept, bilinear, top-left, mean-colour padding), in place.
+
+    `out` is one [H, W, 3] or [3, H, W] slot of a batch array (any dtype).
+    Sizes and scales refer to the original image size, even when `image` was
+    decoded at a reduced (draft) size. Returns (scale_x, scale_y).
+    """
+    height, width = (out.shape[0], out.shape[1]) if layout == "NHWC" else (out.shape[1], out.shape[2])
+    new_w, new_h = fitted_size(original_size[0], original_size[1], height, width)
+    resized = np.asarray(image.resize((new_w, new_h), resample=Image.BILINEAR))
+    view = out if layout == "NHWC" else out.transpose(1, 2, 0)
+    view[:new_h, :new_w] = resized
+    view[new_h:, :] = PAD_COLOR
+    view[:new_h, new_w:] = PAD_COLOR
+    return new_w / original_size[0], new_h / original_size[1]
 
 
 def fit_image(image, height, width):
-    """Resize `image` to fit (aspect kept, bilinear) and paste it top-left on a padded canvas.
-
-    Returns (canvas uint8 [H, W, 3], scale_x, scale_y).
-    """
-    scale = 1.0 / max(image.width / width, image.height / height)
-    new_w = min(width, max(1, round(image.width * scale)))
-    new_h = min(height, max(1, round(image.height * scale)))
-    resized = image.resize((new_w, new_h), resample=Image.BILINEAR)
-    canvas = Image.new("RGB", (width, height), PAD_COLOR)
-    canvas.paste(resized, (0, 0))
-    return np.asarray(canvas), new_w / image.width, new_h / image.height
+    """Convenience: fit a PIL image into a new uint8 [H, W, 3] canvas. Returns (canvas, scale_x, scale_y)."""
+    canvas = np.empty((height, width, 3), np.uint8)
+    scale_x, scale_y = fit_into(image, image.size, canvas, "NHWC")
+    return canvas, scale_x, scale_y
 
 
 class ImageBatcher:
     """Iterate over (batch array, [ImageInfo]) for a folder of images.
 
-    shape: (H, W) of the model input; layout: 'NHWC' or 'NCHW' (from the model);
-    the last partial batch is padded with zero images (len(infos) tells how many
-    are real). exact_batches drops that tail instead (for calibration).
-    Unreadable images are skipped with a warning.
+    shape: (H, W) of the model input; layout: 'NHWC' or 'NCHW' (from the model).
+    Decoding and resizing run in a pool of `workers` threads (Pillow and NumPy
+    release the GIL), up to `prefetch` batches ahead of the consumer, each
+    worker writing straight into its slot of the batch array. The last partial
+    batch is zero-padded (len(infos) tells how many rows are real);
+    exact_batches drops that tail instead (for calibration). Unreadable images
+    are skipped with a warning naming them. draft=True decodes big JPEGs at a
+    reduced scale first (faster, slightly different pixels).
     """
 
     def __init__(self, input_path, shape, layout, batch_size=1, dtype=np.float32, max_num_images=None,
-                 exact_batches=False, shuffle=False, seed=42, recursive=False):
+                 exact_batches=False, shuffle=False, seed=42, recursive=False, workers=None, prefetch=2,
+                 draft=False):
         if layout not in ("NHWC", "NCHW"):
             raise ValueError(f"layout must be NHWC or NCHW, not {layout}")
         self.height, self.width = shape
         self.layout = layout
         self.batch_size = int(batch_size)
         self.dtype = np.dtype(dtype)
+        self.workers = workers or os.cpu_count() or 1
+        self.prefetch = max(1, int(prefetch))
+        self.draft = draft
+        self.exact_batches = exact_batches
         files = list_images(input_path, recursive)
         if shuffle:
             random.Random(seed).shuffle(files)
@@ -126,33 +163,60 @@ class ImageBatcher:
             return (count, self.height, self.width, 3)
         return (count, 3, self.height, self.width)
 
-    def preprocess(self, path):
-        """One file -> (model-input array [H,W,3] or [3,H,W], ImageInfo), or None if unreadable."""
+    def _load_into(self, path, out):
+        """Decode `path` and fit it into `out`; ImageInfo, or None if the file is unreadable."""
         try:
-            image = load_rgb(path)
+            image, original = load_rgb(path, (self.height, self.width) if self.draft else None)
         except Exception as error:  # PIL raises many types for broken files
             log.warning("skipping %s: cannot read it as an image (%s)", path, error)
             self.skipped.append(path)
             return None
-        canvas, scale_x, scale_y = fit_image(image, self.height, self.width)
-        array = canvas.transpose(2, 0, 1) if self.layout == "NCHW" else canvas
-        return array.astype(self.dtype), ImageInfo(path, image.width, image.height, scale_x, scale_y)
+        scale_x, scale_y = fit_into(image, original, out, self.layout)
+        return ImageInfo(path, original[0], original[1], scale_x, scale_y)
+
+    def preprocess(self, path):
+        """One file -> (model-input array, ImageInfo), or None if unreadable."""
+        out = np.empty(self._shape(1)[1:], self.dtype)
+        info = self._load_into(path, out)
+        return None if info is None else (out, info)
 
     def __iter__(self):
-        batch, infos = [], []
-        for path in self.files:
-            item = self.preprocess(path)
-            if item is None:
-                continue
-            batch.append(item[0])
-            infos.append(item[1])
-            if len(batch) == self.batch_size:
-                yield np.stack(batch), infos
-                batch, infos = [], []
-        if batch:
-            padded = np.zeros(self._shape(self.batch_size), dtype=self.dtype)
-            padded[: len(batch)] = np.stack(batch)
-            yield padded, infos
+        files = iter(self.files)
+        pending = deque()
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="image-batcher") as pool:
+
+            def submit_batch():
+                paths = list(islice(files, self.batch_size))
+                if paths:
+                    array = np.empty(self._shape(self.batch_size), self.dtype)
+                    pending.append((array, [pool.submit(self._load_into, p, array[i]) for i, p in enumerate(paths)]))
+
+            for _ in range(self.prefetch):
+                submit_batch()
+            carry = None  # (array, infos) of images waiting for a full batch after skips
+            while pending:
+                array, futures = pending.popleft()
+                infos = [future.result() for future in futures]
+                submit_batch()
+                rows = [i for i, info in enumerate(infos) if info is not None]
+                if len(rows) < len(infos):
+                    array[: len(rows)] = array[rows]
+                infos = [infos[i] for i in rows]
+                if self.exact_batches:
+                    carry = self._merge(carry, array, infos)
+                    while carry is not None and len(carry[1]) >= self.batch_size:
+                        yield carry[0][: self.batch_size], carry[1][: self.batch_size]
+                        rest = carry[1][self.batch_size:]
+                        carry = (carry[0][self.batch_size:], rest) if rest else None
+                    continue
+                if infos:
+                    array[len(infos):] = 0
+                    yield array, infos
         if self.skipped:
             log.warning("skipped %d unreadable image(s)", len(self.skipped))
 
+    @staticmethod
+    def _merge(carry, array, infos):
+        if carry is None:
+            return (array[: len(infos)], infos) if infos else None
+        return np.concatenate([carry[0], array[: len(infos)]]), carry[1] + infos

@@ -91,7 +91,7 @@ def main(argv=None):
                     os.makedirs(os.path.dirname(stem), exist_ok=True)
                     write_tsv(stem + ".txt", found)
                     if not args.no_visualizations:
-                        drawn = visualize_detections(load_rgb(info.path), found.boxes, found.scores,
+                        drawn = visualize_detections(load_rgb(info.path)[0], found.boxes, found.scores,
                                                      found.classes, labels)
                         with atomic_output(stem + ".png") as handle:
                             drawn.save(handle, format="PNG")

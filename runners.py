@@ -145,7 +145,7 @@ class OnnxCpuRunner(Runner):
         for tensor in graph_outputs:
             tensor.dtype = tensor.dtype or np.float32
         node.outputs.clear()
-        graph.nodes.remove(node)
+        graph.nodes = [other for other in graph.nodes if other is not node]
         graph.outputs = graph_outputs
         graph.cleanup().toposort()
         log.debug("running %s in NumPy after ONNX Runtime", node.op)
@@ -154,18 +154,19 @@ class OnnxCpuRunner(Runner):
     def deactivate_impl(self):
         self.session = None
 
-    def input_spec(self):
+    def _session(self):
         if self.session is None:
             raise RuntimeError("activate the runner first")
+        return self.session
+
+    def input_spec(self):
+        self._session()
         dtype = np.float16 if self._input.type == "tensor(float16)" else np.float32
         shape = tuple(d if isinstance(d, int) else None for d in self._input.shape)
         return TensorSpec(self._input.name, shape, np.dtype(dtype))
 
     def infer(self, feed):
-        if self.session is None:
-            raise RuntimeError("activate the runner first")
-        names = [output.name for output in self.session.get_outputs()]
-        values = dict(zip(names, self.session.run(names, feed)))
+        values = self.infer_raw(feed)
         if self.plugin is None:
             return values
         op, attrs, inputs, output_names = self.plugin
@@ -179,6 +180,125 @@ class OnnxCpuRunner(Runner):
         return dict(zip(output_names, results))
 
     def infer_raw(self, feed):
-        """The plugin's input tensors (pre-NMS heads) as ONNX Runtime computes them."""
-        names = [output.name for output in self.session.get_outputs()]
-        return dict(zip(names, self.session.run(names, feed)))
+        """What ONNX Runtime computes: the outputs, or the plugin's inputs (pre-NMS heads) when cut."""
+        session = self._session()
+        names = [output.name for output in session.get_outputs()]
+        return dict(zip(names, session.run(names, feed)))
+
+
+class TensorRTRunner(Runner):
+    """Runs a TensorRT engine (TensorRT 8.6-11.x) with page-locked buffers on one CUDA stream.
+
+    Dynamic-batch engines run at the batch given (within the profile), never
+    padded to the profile's maximum. With use_cuda_graph, fixed-shape runs are
+    captured once into a CUDA graph and replayed (cuda-python backend only).
+    """
+
+    def __init__(self, engine_path, use_cuda_graph=False, verbose=False):
+        super().__init__()
+        self.path = engine_path
+        self.use_cuda_graph = use_cuda_graph
+        self.verbose = verbose
+        self.name = f"tensorrt:{os.path.basename(engine_path)}"
+        self.last_gpu_ms = None
+
+    def activate_impl(self):
+        import cuda_memory
+        import trt_adapter
+
+        if not os.path.isfile(self.path):
+            raise UserError(f"{self.path}: no such engine file; build one with build_engine.py")
+        self.cuda = cuda_memory.load_cuda()
+        cuda_memory.require_gpu(self.cuda)  # before any TensorRT object: TensorRT without a GPU can crash
+        trt = trt_adapter.import_tensorrt()
+        self.logger = trt_adapter.make_logger(trt, self.verbose)
+        trt_adapter.init_plugins(trt, self.logger)
+        self.runtime = trt.Runtime(self.logger)
+        self.engine = trt_adapter.load_engine(trt, self.runtime, self.logger, self.path)
+        self.context = self.engine.create_execution_context()
+        self.tensors = trt_adapter.io_tensors(trt, self.engine)
+        inputs = [t for t in self.tensors if t[1]]
+        if len(inputs) != 1:
+            raise UserError(f"{self.path}: expected one image input, found {len(inputs)}")
+        self._input = inputs[0]
+        name, _, _, shape = self._input
+        self.batch_range = (shape[0], shape[0])
+        if shape[0] < 0:
+            low, _, high = trt_adapter.profile_shapes(self.engine, name)
+            self.batch_range = (low[0], high[0])
+        self.stream = self.cuda.create_stream()
+        self.events = (self.cuda.create_event(), self.cuda.create_event())
+        self.device = {}
+        self.host = {}
+        self._allocated_batch = None
+        self._graph = None
+        self._graph_batch = None
+
+    def _allocate(self, batch):
+        """Device and pinned host buffers for `batch` images (reallocated only when it grows)."""
+        if self._allocated_batch is not None and batch <= self._allocated_batch:
+            return
+        self._free_buffers()
+        for name, _, dtype, shape in self.tensors:
+            full = tuple(batch if (i == 0 and d < 0) else d for i, d in enumerate(shape))
+            self.host[name] = self.cuda.pinned_empty(full, dtype)
+            self.device[name] = self.cuda.malloc(self.host[name].nbytes)
+            self.context.set_tensor_address(name, self.device[name])
+        self._allocated_batch = batch
+        self._graph = None
+
+    def _free_buffers(self):
+        for name, pointer in self.device.items():
+            self.cuda.free(pointer)
+            self.cuda.free_pinned(self.host[name])
+        self.device, self.host = {}, {}
+
+    def deactivate_impl(self):
+        self._free_buffers()
+        self.cuda.destroy_stream(self.stream)
+        del self.context, self.engine, self.runtime
+
+    def input_spec(self):
+        name, _, dtype, shape = self._input
+        return TensorSpec(name, tuple(d if d >= 0 else None for d in shape), dtype)
+
+    def _enqueue(self):
+        if not self.context.execute_async_v3(self.cuda.stream_handle(self.stream)):
+            said = " ".join(self.logger.messages[-3:])
+            raise RuntimeError(f"TensorRT execution failed: {said}")
+
+    def infer(self, feed):
+        name, _, dtype, shape = self._input
+        images = np.ascontiguousarray(feed[name], dtype=dtype)
+        batch = images.shape[0]
+        low, high = self.batch_range
+        if not low <= batch <= high:
+            raise UserError(f"{self.path}: batch {batch} is outside the engine's batch range {low}..{high}")
+        self._allocate(batch)
+        if shape[0] < 0:
+            self.context.set_input_shape(name, images.shape)
+        host_input = self.host[name].reshape(-1)[: images.size].reshape(images.shape)
+        host_input[...] = images
+        outputs = [(n, tuple(self.context.get_tensor_shape(n))) for n, is_input, _, _ in self.tensors if not is_input]
+        start, end = self.events
+        self.cuda.copy_to_device(self.device[name], host_input, self.stream)
+        self.cuda.record_event(start, self.stream)
+        if self.use_cuda_graph and self.cuda.supports_graphs:
+            if self._graph is None or self._graph_batch != batch:
+                self._enqueue()  # TensorRT wants one plain enqueue after a shape change before capture
+                self.cuda.begin_capture(self.stream)
+                self._enqueue()
+                self._graph = self.cuda.end_capture(self.stream)
+                self._graph_batch = batch
+            self.cuda.launch_graph(self._graph, self.stream)
+        else:
+            self._enqueue()
+        self.cuda.record_event(end, self.stream)
+        results = {}
+        for out_name, out_shape in outputs:
+            host = self.host[out_name].reshape(-1)[: int(np.prod(out_shape))].reshape(out_shape)
+            self.cuda.copy_to_host(host, self.device[out_name], self.stream)
+            results[out_name] = host
+        self.cuda.synchronize(self.stream)
+        self.last_gpu_ms = self.cuda.elapsed_ms(start, end)
+        return {k: v.copy() for k, v in results.items()}

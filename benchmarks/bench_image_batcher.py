@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""ImageBatcher throughput against a faithful single-threaded baseline of the reference algorithm.
+
+The baseline is the preprocessing NVIDIA's sample did, written out plainly:
+per image, open, convert to RGB, bilinear resize with one scale, paste on a
+mean-colour canvas, np.asarray to the model dtype (and transpose for NCHW),
+into a zero-initialised batch array, one image after another.
+
+Prints images/s for both on the same generated JPEGs, checks the arrays are
+identical, then does the same for the opt-in reduced-resolution JPEG decode
+(draft) on large photos and reports its pixel difference.
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests", "fixtures"))
+
+from image_batcher import PAD_COLOR, ImageBatcher, list_images  # noqa: E402
+from synthetic_images import make_image  # noqa: E402
+
+
+def baseline_batches(folder, shape, layout, batch_size, dtype=np.float32):
+    """The reference algorithm, single-threaded."""
+    height, width = shape
+    files = list_images(folder)
+    for start in range(0, len(files), batch_size):
+        chunk = files[start:start + batch_size]
+        batch_shape = (batch_size, height, width, 3) if layout == "NHWC" else (batch_size, 3, height, width)
+        batch = np.zeros(batch_shape, dtype=dtype)
+        for i, path in enumerate(chunk):
+            image = Image.open(path).convert(mode="RGB")
+            scale = 1.0 / max(image.width / width, image.height / height)
+            size = (min(width, max(1, round(image.width * scale))), min(height, max(1, round(image.height * scale))))
+            resized = image.resize(size, resample=Image.BILINEAR)
+            canvas = Image.new("RGB", (width, height), PAD_COLOR)
+            canvas.paste(resized)
+            array = np.asarray(canvas, dtype=dtype)
+            batch[i] = np.transpose(array, (2, 0, 1)) if layout == "NCHW" else array
+        yield batch
+
+
+def write_jpegs(folder, count, width, height):
+    os.makedirs(folder, exist_ok=True)
+    for i in range(count):
+        image, _ = make_image(width, height, seed=500 + i, num_shapes=6)
+        image.save(os.path.join(folder, f"photo_{i:03d}.jpg"), quality=90)
+
+
+def timed(batches, count):
+    start = time.perf_counter()
+    arrays = [b.copy() for b in batches]
+    return count / (time.perf_counter() - start), arrays
+
+
+def compare(label, folder, shape, layout, batch_size, count, repeats, **options):
+    best_base = best_ours = 0.0
+    for _ in range(repeats):
+        rate, base = timed(baseline_batches(folder, shape, layout, batch_size), count)
+        best_base = max(best_base, rate)
+        rate, ours = timed((b for b, _ in ImageBatcher(folder, shape, layout, batch_size, **options)), count)
+        best_ours = max(best_ours, rate)
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(base, ours))
+    mean_diff = float(np.mean([np.abs(a - b).mean() for a, b in zip(base, ours)]))
+    print(f"{label:44s} baseline {best_base:7.1f} img/s | ImageBatcher {best_ours:7.1f} img/s | "
+          f"x{best_ours / best_base:4.2f} | max |diff| {diff:.0f}, mean {mean_diff:.3f}")
+    return best_ours / best_base
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--count", type=int, default=96, help="COCO-sized images (640x480)")
+    parser.add_argument("--large", type=int, default=24, help="large photos (3000x2000, 6 MP)")
+    parser.add_argument("--size", type=int, default=512, help="model input H and W")
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3, help="best of N runs")
+    args = parser.parse_args()
+    shape = (args.size, args.size)
+    print(f"{os.cpu_count()} CPU cores; model input {args.size}x{args.size}, batch {args.batch_size}")
+    with tempfile.TemporaryDirectory() as tmp:
+        small, large = os.path.join(tmp, "small"), os.path.join(tmp, "large")
+        write_jpegs(small, args.count, 640, 480)
+        write_jpegs(large, args.large, 3000, 2000)
+        for layout in ("NHWC", "NCHW"):
+            compare(f"640x480 JPEG, {layout}", small, shape, layout, args.batch_size, args.count, args.repeats)
+        compare("3000x2000 JPEG, NHWC", large, shape, "NHWC", args.batch_size, args.large, args.repeats)
+        compare("3000x2000 JPEG, NHWC, draft decode", large, shape, "NHWC", args.batch_size, args.large,
+                args.repeats, draft=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Every TensorRT-version difference this project meets, in one place (TensorRT 8.6, 10.x, 11.x).
+
+Scripts call these helpers and never branch on the TensorRT version
+themselves. Runtime facts used here (NVIDIA's Python API reference and the
+8.x->10.x and 10.x->11.x migration guides):
+
+- I/O goes through the named-tensor API, present from 8.5 and the only one
+  from 10.0: num_io_tensors, get_tensor_name/mode/dtype/shape,
+  get_tensor_profile_shape, context.set_input_shape, set_tensor_address,
+  execute_async_v3.
+- Plugins (EfficientNMS_TRT) are registered by trt.init_libnvinfer_plugins,
+  which the lean runtime package does not have.
+"""
+
+import logging
+import os
+
+import numpy as np
+
+from common import UserError
+
+log = logging.getLogger("trt_adapter")
+
+TRT_INSTALL_HINT = ("install TensorRT for your CUDA version (pip install tensorrt, or NVIDIA's packages); "
+                    "this project supports TensorRT 8.6, 10.x and 11.x")
+
+
+def import_tensorrt():
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise UserError(f"TensorRT is not installed; {TRT_INSTALL_HINT}") from None
+    return trt
+
+
+def version_tuple(trt):
+    return tuple(int(part) for part in trt.__version__.split(".")[:2])
+
+
+def make_logger(trt, verbose=False):
+    """A TensorRT logger that also keeps its messages, so errors can quote TensorRT."""
+
+    class CapturingLogger(trt.ILogger):
+        def __init__(self):
+            trt.ILogger.__init__(self)
+            self.messages = []
+            self.min_severity = trt.ILogger.Severity.VERBOSE if verbose else trt.ILogger.Severity.WARNING
+
+        def log(self, severity, msg):
+            self.messages.append(str(msg))
+            if severity <= self.min_severity:
+                level = logging.ERROR if severity <= trt.ILogger.Severity.ERROR else (
+                    logging.WARNING if severity == trt.ILogger.Severity.WARNING else logging.DEBUG)
+                log.log(level, "TensorRT: %s", msg)
+
+    return CapturingLogger()
+
+
+def init_plugins(trt, logger):
+    """Register TensorRT's bundled plugins (EfficientNMS_TRT, BatchedNMS_TRT)."""
+    init = getattr(trt, "init_libnvinfer_plugins", None)
+    if init is None:
+        log.warning("this TensorRT Python package has no plugin library (lean runtime?): EfficientNMS_TRT "
+                    "will not be found; install the full tensorrt package")
+        return False
+    return bool(init(logger, ""))
+
+
+def has_plugin(trt, name, version="1"):
+    registry = trt.get_plugin_registry()
+    return registry.get_creator(name, version, "") is not None
+
+
+def load_engine(trt, runtime, logger, path):
+    """Deserialize an engine file, turning TensorRT's failures into one-line errors."""
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such engine file; build one with build_engine.py")
+    if path.lower().endswith(".onnx"):
+        raise UserError(f"{path}: this is an ONNX model, not a TensorRT engine; run it with --onnx, or build an "
+                        "engine from it with build_engine.py")
+    with open(path, "rb") as handle:
+        data = handle.read()
+    if not data:
+        raise UserError(f"{path}: the engine file is empty; rebuild it with build_engine.py")
+    logger.messages.clear()
+    engine = runtime.deserialize_cuda_engine(data)
+    if engine is None:
+        said = " ".join(m for m in logger.messages if m).strip() or "no reason given"
+        hint = "rebuild it with build_engine.py on this machine"
+        if "plugin" in said.lower() or "creator" in said.lower():
+            hint = "the engine needs TensorRT's plugin library (libnvinfer_plugin) of the version it was built with"
+        elif "version" in said.lower() or "serializ" in said.lower() or "magic" in said.lower():
+            hint = (f"it was built by another TensorRT version or is not an engine; this is TensorRT "
+                    f"{trt.__version__}: {hint}")
+        raise UserError(f"{path}: TensorRT {trt.__version__} cannot load this engine ({said[:300]}); {hint}")
+    return engine
+
+
+def io_tensors(trt, engine):
+    """[(name, is_input, numpy dtype, shape with -1 for dynamic dims)] in engine order."""
+    tensors = []
+    for index in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(index)
+        is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+        dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
+        shape = tuple(engine.get_tensor_shape(name))
+        tensors.append((name, is_input, dtype, shape))
+    return tensors
+
+
+def profile_shapes(engine, name, profile=0):
+    """(min, opt, max) shapes of an input in an optimization profile."""
+    shapes = engine.get_tensor_profile_shape(name, profile)
+    return tuple(tuple(s) for s in shapes)
