@@ -61,3 +61,15 @@ def read_tsv(path):
         return Detections(np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64))
     values = np.array([[float(v) for v in row[:5]] for row in rows])
     return Detections(values[:, :4], values[:, 4], np.array([int(row[5]) for row in rows], np.int64))
+
+
+def coco_results(detections, image_id, category_ids=None):
+    """COCO results entries for one image: bbox [x, y, w, h]; category = category_ids[class] (default class + 1)."""
+    entries = []
+    for (x1, y1, x2, y2), score, cls in zip(detections.boxes.tolist(), detections.scores.tolist(),
+                                            detections.classes.tolist()):
+        category = category_ids[cls] if category_ids is not None else cls + 1
+        entries.append({"image_id": image_id, "category_id": int(category),
+                        "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
+                        "score": round(float(score), 6)})
+    return entries

@@ -206,8 +206,7 @@ class TensorRTRunner(Runner):
         import cuda_memory
         import trt_adapter
 
-        if not os.path.isfile(self.path):
-            raise UserError(f"{self.path}: no such engine file; build one with build_engine.py")
+        trt_adapter.check_engine_file(self.path)
         self.cuda = cuda_memory.load_cuda()
         cuda_memory.require_gpu(self.cuda)  # before any TensorRT object: TensorRT without a GPU can crash
         trt = trt_adapter.import_tensorrt()

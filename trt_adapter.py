@@ -71,17 +71,24 @@ def has_plugin(trt, name, version="1"):
     return registry.get_creator(name, version, "") is not None
 
 
-def load_engine(trt, runtime, logger, path):
-    """Deserialize an engine file, turning TensorRT's failures into one-line errors."""
+def check_engine_file(path):
+    """Cheap checks of an engine path before any CUDA or TensorRT work."""
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such engine file; build one with build_engine.py")
-    if path.lower().endswith(".onnx"):
+    with open(path, "rb") as handle:
+        head = handle.read(64)
+    if not head:
+        raise UserError(f"{path}: the engine file is empty; rebuild it with build_engine.py")
+    if path.lower().endswith(".onnx") or (head[:1] == b"\x08" and b"onnx" in head.lower()):
         raise UserError(f"{path}: this is an ONNX model, not a TensorRT engine; run it with --onnx, or build an "
                         "engine from it with build_engine.py")
+
+
+def load_engine(trt, runtime, logger, path):
+    """Deserialize an engine file, turning TensorRT's failures into one-line errors."""
+    check_engine_file(path)
     with open(path, "rb") as handle:
         data = handle.read()
-    if not data:
-        raise UserError(f"{path}: the engine file is empty; rebuild it with build_engine.py")
     logger.messages.clear()
     engine = runtime.deserialize_cuda_engine(data)
     if engine is None:

@@ -1,0 +1,167 @@
+"""ImageBatcher: decoding of every image kind, geometry of the resize, batching rules."""
+
+import logging
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from common import UserError
+from image_batcher import PAD_COLOR, ImageBatcher, ImageInfo, fit_image, list_images, load_rgb
+
+
+def solid(path, mode, value, size=(40, 30)):
+    Image.new(mode, size, value).save(path)
+    return path
+
+
+def test_every_image_mode_becomes_the_right_rgb(tmp_path):
+    cases = {
+        "gray.png": (solid(tmp_path / "gray.png", "L", 77), (77, 77, 77)),
+        "rgba.png": (solid(tmp_path / "rgba.png", "RGBA", (10, 20, 30, 128)), (10, 20, 30)),
+        "cmyk.jpg": (solid(tmp_path / "cmyk.jpg", "CMYK", (0, 0, 0, 0)), (255, 255, 255)),
+        "palette.png": (solid(tmp_path / "palette.png", "P", 3), None),
+        "la.png": (solid(tmp_path / "la.png", "LA", (200, 255)), (200, 200, 200)),
+    }
+    sixteen = tmp_path / "sixteen.png"
+    Image.fromarray(np.full((30, 40), 65535, np.uint16)).save(sixteen)
+    assert Image.open(sixteen).mode.startswith("I")
+    cases["sixteen.png"] = (sixteen, (255, 255, 255))
+    for name, (path, expected) in cases.items():
+        image, size = load_rgb(path)
+        assert image.mode == "RGB" and size == (40, 30), name
+        if expected is not None:
+            assert np.abs(np.asarray(image)[5, 5].astype(int) - expected).max() <= 2, name
+
+
+def test_sixteen_bit_keeps_gradations(tmp_path):
+    path = tmp_path / "ramp16.png"
+    Image.fromarray(np.tile(np.linspace(0, 65535, 256).astype(np.uint16), (4, 1))).save(path)
+    row = np.asarray(load_rgb(path)[0])[0, :, 0]
+    assert row[0] == 0 and row[-1] == 255 and len(np.unique(row)) > 200
+
+
+def test_list_images_is_sorted_case_insensitive_and_can_recurse(tmp_path):
+    for name in ("b.JPG", "a.png", "c.Jpeg", "d.bmp", "notes.txt"):
+        solid(tmp_path / name, "RGB", (1, 2, 3)) if not name.endswith(".txt") else (tmp_path / name).write_text("x")
+    (tmp_path / "sub").mkdir()
+    solid(tmp_path / "sub" / "e.png", "RGB", (1, 2, 3))
+    assert [p.split("/")[-1] for p in list_images(str(tmp_path))] == ["a.png", "b.JPG", "c.Jpeg", "d.bmp"]
+    assert list_images(str(tmp_path), recursive=True)[-1].endswith("sub/e.png")
+
+
+def test_empty_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(UserError, match="no .jpg"):
+        ImageBatcher(str(tmp_path), (64, 64), "NHWC")
+
+
+def test_corrupt_and_truncated_files_are_skipped_with_a_warning(tmp_path, caplog):
+    solid(tmp_path / "a_good.png", "RGB", (9, 9, 9), size=(32, 32))
+    (tmp_path / "b_corrupt.jpg").write_bytes(b"this is not a jpeg")
+    full = tmp_path / "full.jpg"
+    Image.new("RGB", (200, 200), (1, 2, 3)).save(full)
+    (tmp_path / "c_truncated.jpg").write_bytes(full.read_bytes()[:300])
+    full.unlink()
+    batcher = ImageBatcher(str(tmp_path), (32, 32), "NHWC", batch_size=4)
+    with caplog.at_level(logging.WARNING):
+        batches = list(batcher)
+    assert len(batches) == 1
+    array, infos = batches[0]
+    assert [i.path.split("/")[-1] for i in infos] == ["a_good.png"]
+    assert np.all(array[1:] == 0) and np.all(array[0, :, :, :] == 9)
+    assert "b_corrupt.jpg" in caplog.text and "c_truncated.jpg" in caplog.text
+    assert "skipped 2 unreadable" in caplog.text
+
+
+def test_padding_is_mean_colour_bottom_and_right_and_last_batch_zero_padded(tmp_path):
+    solid(tmp_path / "wide.png", "RGB", (255, 0, 0), size=(100, 50))
+    solid(tmp_path / "tall.png", "RGB", (0, 255, 0), size=(50, 100))
+    solid(tmp_path / "x.png", "RGB", (0, 0, 255), size=(64, 64))
+    batches = list(ImageBatcher(str(tmp_path), (64, 64), "NCHW", batch_size=2, dtype=np.float16))
+    assert [len(infos) for _, infos in batches] == [2, 1]
+    first = batches[0][0]
+    assert first.dtype == np.float16 and first.shape == (2, 3, 64, 64)
+    tall, wide = first[0], first[1]  # sorted: tall.png, wide.png
+    assert np.all(wide[:, :32, :] == np.array([255, 0, 0])[:, None, None])
+    assert np.all(wide[:, 32:, :] == np.array(PAD_COLOR)[:, None, None])
+    assert np.all(tall[:, :, 32:] == np.array(PAD_COLOR)[:, None, None])
+    assert np.all(batches[1][0][1] == 0)
+
+
+@pytest.mark.parametrize("original", [(1000, 300), (300, 1000), (100, 80), (640, 480), (512, 512), (37, 1200)])
+@pytest.mark.parametrize("model_hw", [(256, 256), (256, 384), (384, 256)])
+def test_boxes_map_back_to_original_pixels(tmp_path, original, model_hw):
+    """A rectangle drawn at a known place is found where to_original says, in any geometry."""
+    width, height = original
+    box = (round(width * 0.3), round(height * 0.4), round(width * 0.7), round(height * 0.9))
+    image = Image.new("RGB", original, (0, 0, 0))
+    ImageDraw.Draw(image).rectangle((box[0], box[1], box[2] - 1, box[3] - 1), fill=(255, 255, 255))
+    path = tmp_path / "shape.png"
+    image.save(path)
+    array, infos = next(iter(ImageBatcher(str(path), model_hw, "NHWC")))
+    mask = array[0, :, :, 0] > 127
+    ys, xs = np.nonzero(mask)
+    found = np.array([[ys.min(), xs.min(), ys.max() + 1, xs.max() + 1]], np.float64)
+    mapped = infos[0].to_original(found)[0]
+    expected = np.array([box[1], box[0], box[3], box[2]], np.float64)
+    tolerance = np.array([1 / infos[0].scale_y, 1 / infos[0].scale_x] * 2) + 1e-6
+    assert np.all(np.abs(mapped - expected) <= tolerance), (mapped, expected)
+
+
+def test_to_original_inverts_the_scales_exactly_and_clips():
+    info = ImageInfo("x", width=1000, height=300, scale_x=0.256, scale_y=256 / 300 * 0.3)
+    original = np.array([[30.0, 100.0, 290.0, 900.0]])
+    model = original * np.array([info.scale_y, info.scale_x, info.scale_y, info.scale_x])
+    assert np.allclose(info.to_original(model), original, atol=1e-9)
+    assert np.allclose(info.to_original([[-5, -5, 1e6, 1e6]]), [[0, 0, 300, 1000]])
+
+
+def test_fit_image_matches_batcher(tmp_path):
+    path = solid(tmp_path / "a.png", "RGB", (5, 6, 7), size=(90, 45))
+    canvas, sx, sy = fit_image(Image.open(path), 64, 64)
+    array, infos = next(iter(ImageBatcher(str(path), (64, 64), "NHWC", dtype=np.uint8)))
+    assert np.array_equal(canvas, array[0]) and (sx, sy) == (infos[0].scale_x, infos[0].scale_y)
+
+
+def test_worker_count_does_not_change_results_and_shuffle_is_seeded(tmp_path):
+    from synthetic_images import write_images
+
+    write_images(str(tmp_path), 11, 120, 90, seed=3, ext="jpg")
+    one = list(ImageBatcher(str(tmp_path), (64, 96), "NCHW", batch_size=4, workers=1))
+    many = list(ImageBatcher(str(tmp_path), (64, 96), "NCHW", batch_size=4, workers=4, prefetch=3))
+    assert len(one) == len(many) == 3
+    for (a, ia), (b, ib) in zip(one, many):
+        assert np.array_equal(a, b) and [i.path for i in ia] == [i.path for i in ib]
+    order = lambda seed: [i.path for _, infos in ImageBatcher(str(tmp_path), (32, 32), "NHWC", 4, shuffle=True,
+                                                              seed=seed, exact_batches=True) for i in infos]
+    assert order(1) == order(1) != order(2)
+    assert len(order(1)) == 8
+
+
+def test_exact_batches_stay_full_when_images_are_skipped(tmp_path):
+    for i in range(6):
+        solid(tmp_path / f"{i}.png", "RGB", (i, i, i))
+    (tmp_path / "2.png").write_bytes(b"broken")
+    batches = list(ImageBatcher(str(tmp_path), (16, 16), "NHWC", batch_size=2, exact_batches=True))
+    assert [len(infos) for _, infos in batches] == [2, 2]
+    assert all(len(array) == 2 for array, _ in batches)
+    assert [i.path.split("/")[-1] for _, infos in batches for i in infos] == ["0.png", "1.png", "3.png", "4.png"]
+
+
+def test_fewer_images_than_one_calibration_batch_is_an_error(tmp_path):
+    solid(tmp_path / "a.png", "RGB", (1, 1, 1))
+    with pytest.raises(UserError, match="fewer images than one batch of 8"):
+        ImageBatcher(str(tmp_path), (16, 16), "NHWC", batch_size=8, exact_batches=True)
+
+
+def test_draft_decode_is_close_and_maps_the_same(tmp_path):
+    from synthetic_images import make_image
+
+    image, _ = make_image(2400, 1600, seed=5)
+    path = tmp_path / "big.jpg"
+    image.save(path, quality=92)
+    full, full_info = next(iter(ImageBatcher(str(path), (256, 256), "NHWC")))
+    fast, fast_info = next(iter(ImageBatcher(str(path), (256, 256), "NHWC", draft=True)))
+    assert (full_info[0].scale_x, full_info[0].scale_y) == (fast_info[0].scale_x, fast_info[0].scale_y)
+    assert (full_info[0].width, full_info[0].height) == (2400, 1600)
+    assert np.abs(full - fast).mean() < 2.0

@@ -1,0 +1,132 @@
+"""The TensorRT runner: real builds and runs where TensorRT and a GPU exist, clean refusals where not."""
+
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+import create_onnx
+import cuda_memory
+from common import UserError
+from conftest import ROOT
+from helpers import as_input, matched_fraction, per_image
+from runners import OnnxCpuRunner, TensorRTRunner
+
+
+def gpu_available():
+    try:
+        return cuda_memory.load_cuda().device_count() > 0
+    except UserError:
+        return False
+
+
+def tensorrt_available():
+    try:
+        import tensorrt  # noqa: F401
+
+        return hasattr(tensorrt, "Builder")
+    except ImportError:
+        return False
+
+
+needs_tensorrt_gpu = pytest.mark.skipif(
+    not (tensorrt_available() and gpu_available()),
+    reason=f"needs TensorRT with its builder ({'found' if tensorrt_available() else 'not installed'}) "
+           f"and a CUDA GPU ({'found' if gpu_available() else 'none on this machine'})")
+
+
+def build_engine_with_tensorrt(onnx_path, engine_path, batch_range):
+    """FP32 engine with a batch profile, straight from TensorRT's documented builder API."""
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    trt.init_libnvinfer_plugins(logger, "")
+    builder = trt.Builder(logger)
+    major = int(trt.__version__.split(".")[0])
+    network = builder.create_network(0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH))
+    parser = trt.OnnxParser(network, logger)
+    assert parser.parse(open(onnx_path, "rb").read()), [str(parser.get_error(i)) for i in range(parser.num_errors)]
+    config = builder.create_builder_config()
+    profile = builder.create_optimization_profile()
+    shape = tuple(network.get_input(0).shape)[1:]
+    low, opt, high = batch_range
+    profile.set_shape("input", (low,) + shape, (opt,) + shape, (high,) + shape)
+    config.add_optimization_profile(profile)
+    data = builder.build_serialized_network(network, config)
+    assert data is not None
+    with open(engine_path, "wb") as handle:
+        handle.write(bytes(data))
+
+
+@needs_tensorrt_gpu
+@pytest.mark.parametrize("use_cuda_graph", [False, True])
+def test_engine_matches_cpu_reference(fixture_model, work_dir, use_cuda_graph):
+    _, converted, reference = fixture_model("d0_hard")
+    onnx_path = work_dir / "trt-d0.onnx"
+    onnx.save(create_onnx.build_graph(converted), str(onnx_path))
+    engine_path = work_dir / "trt-d0.engine"
+    if not engine_path.exists():
+        build_engine_with_tensorrt(str(onnx_path), str(engine_path), (1, 4, 8))
+    cpu = OnnxCpuRunner(str(onnx_path)).activate()
+    matched = total = 0
+    with TensorRTRunner(str(engine_path), use_cuda_graph=use_cuda_graph) as gpu:
+        assert gpu.input_layout == "NHWC" and gpu.fixed_batch is None
+        for size in (1, 4, 7):
+            images = [reference.images[i % len(reference.images)] for i in range(size)]
+            feed = {"input": as_input(images, "NHWC")}
+            ours = gpu.infer(feed)
+            assert ours["detection_boxes"].shape[0] == size  # run at the given batch, not the profile max
+            theirs = cpu.infer(feed)
+            for row in range(size):
+                fraction, count = matched_fraction(per_image(theirs, row), per_image(ours, row), 0.95, 1e-2)
+                matched += round(fraction * count)
+                total += count
+        assert gpu.last_gpu_ms is not None and gpu.last_gpu_ms > 0
+    assert matched / total >= 0.98
+
+
+@needs_tensorrt_gpu
+def test_batch_outside_the_profile_is_refused(work_dir):
+    engine_path = work_dir / "trt-d0.engine"
+    if not engine_path.exists():
+        pytest.skip("built by test_engine_matches_cpu_reference")
+    with TensorRTRunner(str(engine_path)) as gpu:
+        with pytest.raises(UserError, match="outside the engine's batch range 1..8"):
+            gpu.infer({"input": np.zeros((9, 256, 256, 3), np.float32)})
+
+
+@needs_tensorrt_gpu
+def test_foreign_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "random.engine"
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(UserError, match="cannot load this engine"):
+        TensorRTRunner(str(path)).activate()
+
+
+@pytest.mark.skipif(gpu_available(), reason="checks the refusal on machines without a GPU")
+def test_without_a_gpu_the_runner_refuses_before_touching_tensorrt(tmp_path):
+    path = tmp_path / "model.engine"
+    path.write_bytes(b"\x00" * 128)
+    try:
+        cuda_memory.load_cuda()
+    except UserError as error:
+        pytest.skip(f"no CUDA Python bindings: {error}")
+    with pytest.raises(UserError, match="no CUDA device found"):
+        TensorRTRunner(str(path)).activate()
+    result = subprocess.run([sys.executable, str(ROOT / "infer.py"), "--engine", str(path), "--input", str(tmp_path),
+                             "--output", str(tmp_path / "out")], capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "no CUDA device found" in result.stderr and "--onnx" in result.stderr
+
+
+@pytest.mark.parametrize("content,fragment", [(b"", "empty"), (None, "no such engine file"), ("onnx", "ONNX model")])
+def test_engine_file_checks_come_first(tmp_path, content, fragment):
+    path = tmp_path / "model.engine"
+    if content == "onnx":
+        path.write_bytes(b"\x08\x07\x12\x07tf2onnx")  # how a converted ONNX file starts
+    elif content is not None:
+        path.write_bytes(content)
+    with pytest.raises(UserError, match=fragment):
+        TensorRTRunner(str(path)).activate()
