@@ -1,0 +1,141 @@
+"""COCO bbox evaluation with pycocotools: loading annotations, mapping classes, summaries, PR plots."""
+
+import contextlib
+import io
+import json
+import logging
+import os
+
+import numpy as np
+
+from common import UserError, atomic_output
+
+log = logging.getLogger("coco_eval")
+
+SUMMARY_NAMES = [
+    "AP @[IoU=0.50:0.95 | area=all | maxDets=100]",
+    "AP @[IoU=0.50      | area=all | maxDets=100]",
+    "AP @[IoU=0.75      | area=all | maxDets=100]",
+    "AP @[IoU=0.50:0.95 | area=small | maxDets=100]",
+    "AP @[IoU=0.50:0.95 | area=medium | maxDets=100]",
+    "AP @[IoU=0.50:0.95 | area=large | maxDets=100]",
+    "AR @[IoU=0.50:0.95 | area=all | maxDets=1]",
+    "AR @[IoU=0.50:0.95 | area=all | maxDets=10]",
+    "AR @[IoU=0.50:0.95 | area=all | maxDets=100]",
+    "AR @[IoU=0.50:0.95 | area=small | maxDets=100]",
+    "AR @[IoU=0.50:0.95 | area=medium | maxDets=100]",
+    "AR @[IoU=0.50:0.95 | area=large | maxDets=100]",
+]
+
+
+def load_annotations(path):
+    """A pycocotools COCO object, with a one-line error for a missing or malformed file."""
+    from pycocotools.coco import COCO
+
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such annotations file; pass a COCO instances JSON with --annotations")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"{path}: not valid JSON ({error}); pass a COCO instances file") from None
+    if not isinstance(data, dict) or not all(key in data for key in ("images", "annotations", "categories")):
+        raise UserError(f"{path}: not a COCO instances file (needs 'images', 'annotations' and 'categories')")
+    coco = COCO()
+    coco.dataset = data
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco.createIndex()
+    except (KeyError, TypeError) as error:
+        raise UserError(f"{path}: malformed COCO annotations (missing field {error})") from None
+    return coco
+
+
+def category_map(coco, labels=None):
+    """Class index -> COCO category id.
+
+    Without labels: the COCO convention of AutoML models, category id = class + 1.
+    With a labels list (class names in model order): matched by name to the
+    annotation file's categories; classes with no such category map to None.
+    """
+    if labels is None:
+        return None
+    by_name = {c["name"]: c["id"] for c in coco.loadCats(coco.getCatIds())}
+    mapping = [by_name.get(name) for name in labels]
+    if not any(m is not None for m in mapping):
+        raise UserError("none of the labels match a category name in the annotations; check --labels")
+    return mapping
+
+
+def evaluate(coco_gt, results, image_ids):
+    """Run COCOeval (bbox) over `image_ids`; returns the COCOeval object (stats in .stats)."""
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_dt = coco_gt.loadRes(results) if results else _empty_results(coco_gt)
+        evaluator = COCOeval(coco_gt, coco_dt, "bbox")
+        evaluator.params.imgIds = sorted(image_ids)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return evaluator
+
+
+def _empty_results(coco_gt):
+    from pycocotools.coco import COCO
+
+    empty = COCO()
+    empty.dataset = {"images": coco_gt.dataset["images"], "categories": coco_gt.dataset["categories"],
+                     "annotations": []}
+    empty.createIndex()
+    return empty
+
+
+def per_class_ap(evaluator):
+    """[(category name, AP@[.5:.95], AP@.5)] from the accumulated precision, -1 where undefined."""
+    precision = evaluator.eval["precision"]  # [T, R, K, A, M]
+    rows = []
+    for k, category_id in enumerate(evaluator.params.catIds):
+        name = evaluator.cocoGt.loadCats([category_id])[0]["name"]
+        values = precision[:, :, k, 0, -1]
+        ap = float(values[values > -1].mean()) if (values > -1).any() else -1.0
+        at50 = precision[0, :, k, 0, -1]
+        ap50 = float(at50[at50 > -1].mean()) if (at50 > -1).any() else -1.0
+        rows.append((name, ap, ap50))
+    return rows
+
+
+def format_summary(evaluator):
+    lines = [f"  {name} = {value:.4f}" for name, value in zip(SUMMARY_NAMES, evaluator.stats)]
+    return "\n".join(lines)
+
+
+def format_class_table(rows):
+    lines = [f"  {'category':24s} {'AP':>7s} {'AP50':>7s}"]
+    for name, ap, ap50 in rows:
+        lines.append(f"  {name[:24]:24s} {ap:7.4f} {ap50:7.4f}" if ap >= 0 else f"  {name[:24]:24s}     n/a     n/a")
+    return "\n".join(lines)
+
+
+def plot_precision_recall(evaluator, path, title="Precision-recall"):
+    """PNG of precision vs recall (all areas, 100 detections): IoU 0.5, 0.75 and the mean over 0.5:0.95."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    precision = evaluator.eval["precision"][:, :, :, 0, -1]  # [T, R, K]
+    recall = evaluator.params.recThrs
+    figure, axes = plt.subplots(figsize=(6, 5), dpi=120)
+    curves = [("IoU 0.50", precision[0]), ("IoU 0.75", precision[5]), ("IoU 0.50:0.95", precision.mean(axis=0))]
+    for label, values in curves:
+        masked = np.where(values > -1, values, np.nan)
+        mean = np.nanmean(masked, axis=1) if np.isfinite(masked).any() else np.zeros(len(recall))
+        axes.plot(recall, np.nan_to_num(mean), label=label)
+    axes.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    with atomic_output(path, "wb") as handle:
+        figure.savefig(handle, format="png")
+    plt.close(figure)

@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""Measure COCO mAP of an EfficientDet TensorRT engine, or of its ONNX on the CPU.
+
+Runs the model over the image folder, maps each image to its annotation by
+file name, and evaluates with pycocotools (bbox): prints the standard 12-number
+summary and a per-class AP table, and writes the results JSON and a
+precision-recall plot when asked. No AutoML checkout is needed.
+"""
+
+import argparse
+import json
+import logging
+import os
+import time
+
+from tqdm import tqdm
+
+from common import UserError, atomic_output, run_cli, setup_logging
+
+log = logging.getLogger("eval_coco")
+
+MAP_SENSITIVE_THRESHOLD = 0.01
+
+
+def model_score_threshold(runner):
+    """The NMS score threshold built into an ONNX graph (None when it cannot be read)."""
+    plugin = getattr(runner, "plugin", None)
+    if not plugin:
+        return None
+    attrs = plugin[1]
+    value = attrs.get("score_threshold", attrs.get("scoreThreshold"))
+    return None if value is None else float(value)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("-e", "--engine", help="TensorRT engine to evaluate")
+    parser.add_argument("--onnx", help="converted ONNX model to evaluate on the CPU instead")
+    parser.add_argument("-i", "--input", required=True, help="folder of the evaluation images (e.g. val2017)")
+    parser.add_argument("-a", "--annotations", required=True, help="COCO instances JSON (e.g. instances_val2017.json)")
+    parser.add_argument("-p", "--automl_path", help="accepted for compatibility with NVIDIA's sample; not needed")
+    parser.add_argument("-l", "--labels", help="class names in model order, matched by name to the annotations' "
+                        "categories (default: COCO convention, category id = class + 1)")
+    parser.add_argument("-t", "--nms_threshold", type=float, default=0.0, help="drop detections scoring below this")
+    parser.add_argument("--results", help="write the COCO results JSON here (the PR plot goes beside it)")
+    parser.add_argument("--plot", help="precision-recall plot PNG (default: beside --results)")
+    parser.add_argument("--max_images", type=int, default=None, help="evaluate only the first N images")
+    parser.add_argument("-b", "--batch_size", type=int, default=None, help="images per batch (default: model's, else 1)")
+    parser.add_argument("--workers", type=int, default=None, help="image decoding threads")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+
+    import coco_eval
+    from detections import coco_results, split_batch
+    from image_batcher import ImageBatcher
+    from infer import open_runner, read_labels
+
+    if args.automl_path:
+        log.info("--automl_path is not needed: evaluating with pycocotools")
+    coco = coco_eval.load_annotations(args.annotations)
+    ids_by_name = {image["file_name"]: image["id"] for image in coco.dataset["images"]}
+    categories = coco_eval.category_map(coco, read_labels(args.labels) if args.labels else None)
+
+    args.cuda_graph = False
+    with open_runner(args) as runner:
+        threshold = model_score_threshold(runner)
+        if threshold is not None and threshold > MAP_SENSITIVE_THRESHOLD:
+            log.warning("the model's NMS score threshold is %g: mAP drops when boxes below it are discarded; "
+                        "re-create the ONNX with --nms_threshold 0 (or 0.001) for a faithful mAP", threshold)
+        spec = runner.input_spec()
+        batch_size = args.batch_size or runner.fixed_batch or 1
+        batcher = ImageBatcher(args.input, runner.input_hw, runner.input_layout, batch_size, spec.dtype,
+                               max_num_images=args.max_images, workers=args.workers)
+        unknown = [p for p in batcher.files if os.path.basename(p) not in ids_by_name]
+        if unknown:
+            log.warning("%d image(s) are not in %s and are skipped, e.g. %s", len(unknown), args.annotations,
+                        os.path.basename(unknown[0]))
+            batcher.files = [p for p in batcher.files if os.path.basename(p) in ids_by_name]
+        if not batcher.files:
+            raise UserError(f"{args.input}: none of its images are named in {args.annotations}")
+        results, evaluated = [], []
+        start = time.perf_counter()
+        with tqdm(total=len(batcher.files), unit="img", desc="eval", disable=None) as progress:
+            for batch, infos in batcher:
+                outputs = runner.infer({spec.name: batch})
+                for info, found in zip(infos, split_batch(outputs, infos, args.nms_threshold)):
+                    image_id = ids_by_name[os.path.basename(info.path)]
+                    evaluated.append(image_id)
+                    entries = coco_results(found, image_id, categories)
+                    results += [e for e in entries if e["category_id"] is not None]
+                progress.update(len(infos))
+        elapsed = time.perf_counter() - start
+    missing = len(ids_by_name) - len(evaluated)
+    if missing > 0:
+        log.warning("%d annotated image(s) were not evaluated (not in %s, unreadable, or past --max_images)",
+                    missing, args.input)
+
+    if args.results:
+        with atomic_output(args.results, "w") as handle:
+            json.dump(results, handle)
+    evaluator = coco_eval.evaluate(coco, results, evaluated)
+    plot = args.plot or (os.path.splitext(args.results)[0] + "_pr.png" if args.results else None)
+    if plot:
+        coco_eval.plot_precision_recall(evaluator, plot, f"{runner.name} on {len(evaluated)} images")
+    shown = "unknown" if threshold is None else f"{threshold:g}"
+    print(f"COCO bbox evaluation: {len(evaluated)} images, {len(results)} detections, model NMS score "
+          f"threshold {shown}, post-filter {args.nms_threshold:g}, {len(evaluated) / elapsed:.1f} images/s")
+    print(coco_eval.format_summary(evaluator))
+    print("per-class AP:")
+    print(coco_eval.format_class_table(coco_eval.per_class_ap(evaluator)))
+    if plot:
+        print(f"precision-recall plot: {plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,153 @@
+"""COCO evaluation on a synthetic data set made here: known boxes, non-numeric names, sparse category ids."""
+
+import contextlib
+import copy
+import io
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+import coco_eval
+import create_onnx
+from common import UserError
+from conftest import ROOT
+from synthetic_images import make_image
+
+CATEGORIES = [{"id": 3, "name": "box"}, {"id": 7, "name": "ball"}, {"id": 12, "name": "blob"}]
+NAMES = ["harbour_dawn", "kitchen-table", "street.corner", "field_b", "alley", "market_7x", "roof", "dock"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """Images with drawn shapes and a COCO annotations file describing them."""
+    folder = tmp_path_factory.mktemp("coco")
+    (folder / "images").mkdir()
+    images, annotations = [], []
+    rng = np.random.default_rng(0)
+    for index, name in enumerate(NAMES):
+        width, height = (320, 240) if index % 2 else (256, 320)
+        image, boxes = make_image(width, height, seed=40 + index)
+        file_name = f"{name}.jpg"
+        image.save(folder / "images" / file_name)
+        image_id = int(rng.integers(100, 10**6))
+        images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
+        for x1, y1, x2, y2 in boxes:
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id,
+                                "category_id": CATEGORIES[len(annotations) % 3]["id"],
+                                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+    data = {"images": images, "annotations": annotations, "categories": CATEGORIES}
+    path = folder / "instances.json"
+    path.write_text(json.dumps(data))
+    return folder / "images", path, data
+
+
+def ground_truth_as_results(data):
+    return [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": list(a["bbox"]),
+             "score": 0.5 + 0.01 * (a["id"] % 40)} for a in data["annotations"]]
+
+
+def direct_pycocotools(annotations_path, results, tmp_path):
+    """The plain pycocotools recipe, from files on disk."""
+    results_path = tmp_path / "direct.json"
+    results_path.write_text(json.dumps(results))
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(annotations_path))
+        dt = gt.loadRes(str(results_path))
+        evaluator = COCOeval(gt, dt, "bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return evaluator.stats
+
+
+def perturb(results, kind):
+    out = copy.deepcopy(results)
+    if kind == "shifted":
+        for r in out[::2]:
+            r["bbox"][0] += r["bbox"][2] * 0.3
+    elif kind == "dropped":
+        out = out[::3] + out[1::3]
+    elif kind == "wrong_class":
+        for r in out[::4]:
+            r["category_id"] = 12 if r["category_id"] != 12 else 3
+    return out
+
+
+def test_ground_truth_scores_one(dataset):
+    _, annotations, data = dataset
+    gt = coco_eval.load_annotations(str(annotations))
+    evaluator = coco_eval.evaluate(gt, ground_truth_as_results(data), [i["id"] for i in data["images"]])
+    assert evaluator.stats[0] == pytest.approx(1.0) and evaluator.stats[1] == pytest.approx(1.0)
+    assert all(ap == pytest.approx(1.0) for _, ap, _ in coco_eval.per_class_ap(evaluator))
+
+
+@pytest.mark.parametrize("kind", ["shifted", "dropped", "wrong_class"])
+def test_perturbations_equal_direct_pycocotools(dataset, kind, tmp_path):
+    _, annotations, data = dataset
+    results = perturb(ground_truth_as_results(data), kind)
+    gt = coco_eval.load_annotations(str(annotations))
+    ours = coco_eval.evaluate(gt, results, [i["id"] for i in data["images"]]).stats
+    direct = direct_pycocotools(annotations, results, tmp_path)
+    assert np.allclose(ours, direct, atol=1e-9, rtol=0)
+    assert ours[0] < 0.95
+
+
+def test_images_without_detections_still_count(dataset):
+    _, annotations, data = dataset
+    gt = coco_eval.load_annotations(str(annotations))
+    ids = [i["id"] for i in data["images"]]
+    results = [r for r in ground_truth_as_results(data) if r["image_id"] != ids[0]]
+    assert coco_eval.evaluate(gt, results, ids).stats[8] < 1.0  # recall lost on the empty image
+    assert coco_eval.evaluate(gt, results, ids[1:]).stats[8] == pytest.approx(1.0)
+
+
+def test_labels_map_by_name(dataset):
+    _, annotations, _ = dataset
+    gt = coco_eval.load_annotations(str(annotations))
+    assert coco_eval.category_map(gt, ["ball", "unknown", "blob"]) == [7, None, 12]
+    with pytest.raises(UserError, match="none of the labels"):
+        coco_eval.category_map(gt, ["cat", "dog"])
+
+
+@pytest.mark.parametrize("content,fragment", [("{not json", "not valid JSON"), ('{"images": []}', "not a COCO"),
+                                              ('{"images": [{}], "annotations": [{}], "categories": []}', "malformed")])
+def test_malformed_annotations_are_clear_errors(tmp_path, content, fragment):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(UserError, match=fragment):
+        coco_eval.load_annotations(str(path))
+
+
+def test_plot_is_written(dataset, tmp_path):
+    _, annotations, data = dataset
+    gt = coco_eval.load_annotations(str(annotations))
+    evaluator = coco_eval.evaluate(gt, perturb(ground_truth_as_results(data), "shifted"),
+                                   [i["id"] for i in data["images"]])
+    coco_eval.plot_precision_recall(evaluator, str(tmp_path / "pr.png"))
+    assert (tmp_path / "pr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_coco_cli_on_cpu(dataset, fixture_model, tmp_path):
+    images, annotations, data = dataset
+    _, converted, _ = fixture_model("d0_hard")
+    onnx_path = tmp_path / "d0.onnx"
+    onnx.save(create_onnx.build_graph(converted), str(onnx_path))
+    results_path = tmp_path / "results.json"
+    result = subprocess.run([sys.executable, str(ROOT / "eval_coco.py"), "--onnx", str(onnx_path), "--input",
+                             str(images), "--annotations", str(annotations), "--results", str(results_path),
+                             "--batch_size", "4"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "NMS score threshold is 0.2" in result.stderr  # the fixture's own threshold is above 0.01
+    assert f"{len(NAMES)} images" in result.stdout and "per-class AP" in result.stdout
+    printed = [float(v) for v in re.findall(r"= (-?\d+\.\d+)", result.stdout)]
+    assert len(printed) == 12
+    direct = direct_pycocotools(annotations, json.loads(results_path.read_text()), tmp_path)
+    assert np.allclose(printed, direct, atol=1e-4)  # printed with 4 decimals
+    assert (tmp_path / "results_pr.png").exists()
