@@ -28,8 +28,9 @@ CACHE = Path(os.environ.get("EFFDET_TEST_CACHE", ROOT / ".cache" / "fixtures"))
 # image_size 256 keeps every fixture fast; lite0 also checks a model with
 # different normalisation (mean 127, std 128) and anchors (anchor_scale 3).
 MODELS = {
-    "d0_hard": dict(model_name="efficientdet-d0", image_size=256, nms_method="hard", score_thresh=0.2),
-    "lite0_hard": dict(model_name="efficientdet-lite0", image_size=256, nms_method="hard", score_thresh=0.2),
+    # model_inspect.py's defaults: hard NMS, score threshold 0.4.
+    "d0_hard": dict(model_name="efficientdet-d0", image_size=256, nms_method="hard", score_thresh=0.4),
+    "lite0_hard": dict(model_name="efficientdet-lite0", image_size=256, nms_method="hard", score_thresh=0.4),
     # AutoML's default post-processing: gaussian soft NMS, score threshold unset (0.001).
     "d0_soft": dict(model_name="efficientdet-d0", image_size=256, nms_method="gaussian", score_thresh=0.0),
 }

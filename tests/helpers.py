@@ -26,8 +26,12 @@ def per_image(outputs, index, clip_to=None):
     return boxes, outputs["detection_scores"][index, :count], outputs["detection_classes"][index, :count].astype(np.int64)
 
 
-def matched_fraction(reference, ours, min_iou=0.99, max_score_delta=1e-3):
-    """Fraction of `reference` detections with a same-class match in `ours` (IoU, |score delta|)."""
+def matched_fraction(reference, ours, min_iou=0.99, max_score_delta=1e-3, same_box_px=0.01):
+    """Fraction of `reference` detections with a same-class match in `ours` (IoU, |score delta|).
+
+    Boxes within `same_box_px` on every coordinate also match: clipping to the
+    image can leave zero-area boxes, whose IoU with anything (even themselves) is 0.
+    """
     ref_boxes, ref_scores, ref_classes = reference
     boxes, scores, classes = ours
     if len(ref_boxes) == 0:
@@ -36,7 +40,9 @@ def matched_fraction(reference, ours, min_iou=0.99, max_score_delta=1e-3):
     for box, score, cls in zip(ref_boxes, ref_scores, ref_classes):
         if len(boxes) == 0:
             continue
-        ok = (iou_one_to_many(np.asarray(box, np.float32), boxes) >= min_iou) & (classes == cls)
+        box = np.asarray(box, np.float32)
+        same = (iou_one_to_many(box, boxes) >= min_iou) | (np.abs(boxes - box).max(axis=1) <= same_box_px)
+        ok = same & (classes == cls)
         if max_score_delta is not None:
             ok &= np.abs(scores - score) <= max_score_delta
         matched += bool(ok.any())

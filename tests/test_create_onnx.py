@@ -125,7 +125,7 @@ def test_graph_structure(fixture_model):
     assert attrs["plugin_version"] == b"1" and attrs["box_coding"] == 1 and attrs["score_activation"] == 1
     assert attrs["background_class"] == -1 and attrs["class_agnostic"] == 0
     assert attrs["max_output_boxes"] == 100
-    assert attrs["score_threshold"] == pytest.approx(0.2) and attrs["iou_threshold"] == pytest.approx(0.5)
+    assert attrs["score_threshold"] == pytest.approx(0.4) and attrs["iou_threshold"] == pytest.approx(0.5)
     ops = {n.op_type for n in graph.node}
     assert not ops & {"NonMaxSuppression", "Cast", "Shape", "Pad", "ArgMax"}  # TF pre/post-processing is gone
     for node in graph.node:

@@ -144,7 +144,7 @@ def test_eval_coco_cli_on_cpu(dataset, fixture_model, tmp_path):
                              str(images), "--annotations", str(annotations), "--results", str(results_path),
                              "--batch_size", "4"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "NMS score threshold is 0.2" in result.stderr  # the fixture's own threshold is above 0.01
+    assert "NMS score threshold is 0.4" in result.stderr  # the fixture's own threshold is above 0.01
     assert f"{len(NAMES)} images" in result.stdout and "per-class AP" in result.stdout
     printed = [float(v) for v in re.findall(r"= (-?\d+\.\d+)", result.stdout)]
     assert len(printed) == 12
