@@ -41,6 +41,33 @@ def split_batch(outputs, infos, min_score=0.0, normalized=False, input_hw=None):
     return results
 
 
+def match_detections(reference, ours, min_iou=0.5, same_box_px=0.01):
+    """Greedy one-to-one matching of `ours` to `reference` (both Detections), same class, best IoU first.
+
+    Returns (matched index in ours or -1 per reference detection, IoU per
+    reference detection). Boxes within `same_box_px` on every coordinate count
+    as IoU 1 (clipping can leave zero-area boxes).
+    """
+    from nms_reference import iou_one_to_many
+
+    taken = np.zeros(len(ours), dtype=bool)
+    matches = np.full(len(reference), -1, dtype=np.int64)
+    ious = np.zeros(len(reference))
+    for i in np.argsort(-np.asarray(reference.scores), kind="stable"):
+        if len(ours) == 0:
+            break
+        box = np.asarray(reference.boxes[i], np.float32)
+        candidates = np.asarray(ours.boxes, np.float32)
+        iou = iou_one_to_many(box, candidates)
+        iou = np.where(np.abs(candidates - box).max(axis=1) <= same_box_px, 1.0, iou)
+        iou = np.where((ours.classes == reference.classes[i]) & ~taken, iou, -1.0)
+        best = int(np.argmax(iou))
+        if iou[best] >= min_iou:
+            matches[i], ious[i] = best, iou[best]
+            taken[best] = True
+    return matches, ious
+
+
 def format_tsv(detections):
     """'xmin ymin xmax ymax score class' per line, tab-separated."""
     lines = [f"{x1:.4f}\t{y1:.4f}\t{x2:.4f}\t{y2:.4f}\t{score:.6f}\t{cls}"

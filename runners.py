@@ -301,3 +301,57 @@ class TensorRTRunner(Runner):
         self.cuda.synchronize(self.stream)
         self.last_gpu_ms = self.cuda.elapsed_ms(start, end)
         return {k: v.copy() for k, v in results.items()}
+
+
+class TFSavedModelRunner(Runner):
+    """An AutoML EfficientDet SavedModel run by TensorFlow, with the same four outputs (for parity checks).
+
+    It is fed the model-size canvases ImageBatcher makes (as uint8), so TF's own
+    resize is the identity and both sides see the same pixels; boxes come back
+    as (ymin, xmin, ymax, xmax) in those pixels and classes 0-based.
+    """
+
+    def __init__(self, saved_model, input_hw, max_detections=100):
+        super().__init__()
+        self.path = saved_model
+        self.hw = tuple(input_hw)
+        self.max_detections = max_detections
+        self.name = f"tensorflow:{os.path.basename(os.path.normpath(saved_model))}"
+
+    def activate_impl(self):
+        import tensorflow as tf
+
+        import tf_to_onnx
+
+        tf_to_onnx.check_saved_model_path(self.path)
+        self.session = tf.compat.v1.Session(graph=tf.Graph())
+        with self.session.graph.as_default():
+            meta = tf.compat.v1.saved_model.loader.load(self.session, ["serve"], self.path)
+        signature = meta.signature_def["serving_default"]
+        self.input_name = next(iter(signature.inputs.values())).name
+        self.output_name = next(iter(signature.outputs.values())).name
+        if self.output_name != "detections:0":
+            raise UserError(f"{self.path}: only AutoML EfficientDet SavedModels (output detections:0) are supported")
+
+    def deactivate_impl(self):
+        self.session.close()
+
+    def input_spec(self):
+        return TensorSpec("input", (None, self.hw[0], self.hw[1], 3), np.dtype(np.float32))
+
+    def infer(self, feed):
+        images = np.clip(np.rint(next(iter(feed.values()))), 0, 255).astype(np.uint8)
+        batch, limit = len(images), self.max_detections
+        outputs = {"num_detections": np.zeros((batch, 1), np.int32),
+                   "detection_boxes": np.zeros((batch, limit, 4), np.float32),
+                   "detection_scores": np.zeros((batch, limit), np.float32),
+                   "detection_classes": np.zeros((batch, limit), np.int32)}
+        for row, image in enumerate(images):
+            rows = self.session.run(self.output_name, {self.input_name: image[None]})[0]
+            rows = rows[rows[:, 5] > 0][:limit]
+            count = len(rows)
+            outputs["num_detections"][row, 0] = count
+            outputs["detection_boxes"][row, :count] = rows[:, 1:5]
+            outputs["detection_scores"][row, :count] = rows[:, 5]
+            outputs["detection_classes"][row, :count] = rows[:, 6].astype(np.int32) - 1
+        return outputs

@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""Compare an EfficientDet engine (or its ONNX on the CPU) with the TensorFlow SavedModel it came from.
+
+Both models are fed the same pixels (the model-size canvases ImageBatcher makes),
+so what is measured is the conversion, not two resize implementations. Prints
+the share of TensorFlow's detections that ours matches (same class, IoU at least
+--match_iou), their mean IoU and largest score difference, and the COCO AP of
+ours scored against TensorFlow's detections as ground truth. Writes side-by-side
+visualizations (TensorFlow | ours | ground truth when --annotations is given).
+"""
+
+import argparse
+import contextlib
+import io
+import logging
+import os
+
+import numpy as np
+from tqdm import tqdm
+
+from common import atomic_output, run_cli, setup_logging
+
+log = logging.getLogger("compare_tf")
+
+
+def reference_as_coco(per_image, sizes):
+    """TF's detections as a COCO ground-truth data set (category = class + 1)."""
+    from pycocotools.coco import COCO
+
+    images, annotations, categories = [], [], set()
+    for image_id, (found, (width, height)) in enumerate(zip(per_image, sizes), start=1):
+        images.append({"id": image_id, "width": width, "height": height, "file_name": str(image_id)})
+        for (x1, y1, x2, y2), cls in zip(found.boxes.tolist(), found.classes.tolist()):
+            categories.add(cls + 1)
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": cls + 1,
+                                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+    coco = COCO()
+    coco.dataset = {"images": images, "annotations": annotations,
+                    "categories": [{"id": c, "name": str(c)} for c in sorted(categories)]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("-m", "--saved_model", required=True, help="the TensorFlow SavedModel the model came from")
+    parser.add_argument("-e", "--engine", help="TensorRT engine to compare")
+    parser.add_argument("--onnx", help="converted ONNX to compare on the CPU instead")
+    parser.add_argument("-i", "--input", required=True, help="an image or a folder of images")
+    parser.add_argument("-o", "--output", help="folder for side-by-side visualizations (default: none)")
+    parser.add_argument("-a", "--annotations", help="COCO annotations: adds a ground-truth panel")
+    parser.add_argument("-l", "--labels", default=None, help="class names for the drawings (default: COCO)")
+    parser.add_argument("-t", "--nms_threshold", type=float, default=0.0, help="drop detections below this score "
+                        "on both sides")
+    parser.add_argument("--match_iou", type=float, default=0.5, help="IoU a match needs (same class as well)")
+    parser.add_argument("--max_images", type=int, default=None, help="compare only the first N images")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+
+    import coco_eval
+    from detections import Detections, coco_results, match_detections, split_batch
+    from image_batcher import ImageBatcher, load_rgb
+    from infer import DEFAULT_LABELS, open_runner, read_labels
+    from runners import TFSavedModelRunner
+    from visualize import concat_visualizations, visualize_detections
+
+    labels = read_labels(args.labels or DEFAULT_LABELS)
+    truth = {}
+    if args.annotations:
+        gt = coco_eval.load_annotations(args.annotations)
+        for image in gt.dataset["images"]:
+            anns = gt.loadAnns(gt.getAnnIds(imgIds=[image["id"]], iscrowd=None))
+            boxes = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+                              for a in anns]).reshape(-1, 4)
+            truth[image["file_name"]] = Detections(boxes, np.ones(len(anns)),
+                                                   np.array([a["category_id"] - 1 for a in anns], np.int64))
+    if args.output:
+        os.makedirs(args.output, exist_ok=True)
+
+    args.cuda_graph = False
+    ours_all, tf_all, sizes = [], [], []
+    with open_runner(args) as ours, TFSavedModelRunner(args.saved_model, ours.input_hw) as tf_runner:
+        spec = ours.input_spec()
+        batcher = ImageBatcher(args.input, ours.input_hw, ours.input_layout, ours.fixed_batch or 1, spec.dtype,
+                               max_num_images=args.max_images)
+        with tqdm(total=len(batcher.files), unit="img", desc="compare", disable=None) as progress:
+            for batch, infos in batcher:
+                mine = split_batch(ours.infer({spec.name: batch}), infos, args.nms_threshold)
+                for row, (info, found) in enumerate(zip(infos, mine)):
+                    canvas = batch[row] if ours.input_layout == "NHWC" else batch[row].transpose(1, 2, 0)
+                    theirs = split_batch(tf_runner.infer({"input": canvas[None]}), [info], args.nms_threshold)[0]
+                    ours_all.append(found)
+                    tf_all.append(theirs)
+                    sizes.append((info.width, info.height))
+                    if args.output:
+                        original = load_rgb(info.path)[0]
+                        panels = [visualize_detections(original, theirs.boxes, theirs.scores, theirs.classes, labels),
+                                  visualize_detections(original, found.boxes, found.scores, found.classes, labels)]
+                        titles = ["TensorFlow", ours.name]
+                        name = os.path.basename(info.path)
+                        if name in truth:
+                            t = truth[name]
+                            panels.append(visualize_detections(original, t.boxes, t.scores, t.classes, labels))
+                            titles.append("ground truth")
+                        stem = os.path.join(args.output, os.path.splitext(name)[0] + "_compare.png")
+                        with atomic_output(stem) as handle:
+                            concat_visualizations(panels, titles).save(handle, format="PNG")
+                    progress.update(1)
+
+    matched = total = 0
+    ious, deltas = [], []
+    for theirs, found in zip(tf_all, ours_all):
+        matches, match_ious = match_detections(theirs, found, args.match_iou)
+        hit = matches >= 0
+        matched += int(hit.sum())
+        total += len(theirs)
+        ious += match_ious[hit].tolist()
+        deltas += np.abs(np.asarray(found.scores)[matches[hit]] - np.asarray(theirs.scores)[hit]).tolist()
+    results = []
+    for image_id, found in enumerate(ours_all, start=1):
+        results += coco_results(found, image_id)
+    reference = reference_as_coco(tf_all, sizes)
+    evaluator = coco_eval.evaluate(reference, results, list(range(1, len(ours_all) + 1))) if total else None
+    rate = matched / total if total else 1.0
+    print(f"{len(ours_all)} images; TensorFlow {total} detections, {ours.name} "
+          f"{sum(len(f) for f in ours_all)} detections")
+    print(f"matched: {matched}/{total} ({rate * 100:.2f}%) of TensorFlow's detections "
+          f"(same class, IoU >= {args.match_iou:g})")
+    if ious:
+        print(f"mean IoU of matched: {np.mean(ious):.4f}; max |score difference|: {np.max(deltas):.2e}")
+    if evaluator is not None:
+        print(f"AP of ours against TensorFlow as ground truth: AP@[.5:.95] {evaluator.stats[0]:.4f}, "
+              f"AP50 {evaluator.stats[1]:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

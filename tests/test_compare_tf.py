@@ -1,0 +1,45 @@
+"""compare_tf.py: TensorFlow against the converted model on the same pixels."""
+
+import json
+import re
+import subprocess
+import sys
+
+import onnx
+from PIL import Image
+
+import create_onnx
+from conftest import MODELS, NUM_TEST_IMAGES, ROOT
+from synthetic_images import make_image
+
+
+def test_compare_tf_on_the_hard_nms_fixture(fixture_model, tmp_path):
+    path, converted, _ = fixture_model("d0_hard")
+    size = MODELS["d0_hard"]["image_size"]
+    onnx_path = tmp_path / "d0-agnostic.onnx"
+    onnx.save(create_onnx.build_graph(converted, class_agnostic=True), str(onnx_path))
+    images = tmp_path / "images"
+    images.mkdir()
+    annotations = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "person"}]}
+    for seed in range(NUM_TEST_IMAGES):
+        image, boxes = make_image(size, size, seed)
+        image.save(images / f"view_{seed}.png")
+        annotations["images"].append({"id": 100 + seed, "file_name": f"view_{seed}.png", "width": size, "height": size})
+        for x1, y1, x2, y2 in boxes:
+            annotations["annotations"].append({"id": len(annotations["annotations"]) + 1, "image_id": 100 + seed,
+                                               "category_id": 1, "bbox": [x1, y1, x2 - x1, y2 - y1],
+                                               "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+    (tmp_path / "gt.json").write_text(json.dumps(annotations))
+    output = tmp_path / "out"
+    result = subprocess.run([sys.executable, str(ROOT / "compare_tf.py"), "--saved_model", path, "--onnx",
+                             str(onnx_path), "--input", str(images), "--output", str(output), "--annotations",
+                             str(tmp_path / "gt.json")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rate = float(re.search(r"matched: \d+/\d+ \(([\d.]+)%\)", result.stdout).group(1))
+    assert rate >= 99.0, result.stdout
+    assert "mean IoU of matched" in result.stdout and "AP of ours against TensorFlow" in result.stdout
+    ap = float(re.search(r"AP@\[\.5:\.95\] ([\d.]+)", result.stdout).group(1))
+    assert ap >= 0.95
+    pictures = sorted(output.iterdir())
+    assert len(pictures) == NUM_TEST_IMAGES
+    assert Image.open(pictures[0]).width >= 3 * size  # TensorFlow | ours | ground truth
