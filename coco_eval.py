@@ -67,24 +67,50 @@ def category_map(coco, labels=None):
     return mapping
 
 
-def evaluate(coco_gt, results, image_ids):
-    """Run COCOeval (bbox) over `image_ids`; returns the COCOeval object (stats in .stats)."""
-    from pycocotools.cocoeval import COCOeval
+def evaluation_backend(name="auto"):
+    """'faster-coco-eval' (same numbers as pycocotools, ~9x faster, C++) when installed, else 'pycocotools'."""
+    if name in ("auto", "faster-coco-eval"):
+        try:
+            import faster_coco_eval  # noqa: F401
 
+            return "faster-coco-eval"
+        except ImportError:
+            if name != "auto":
+                raise UserError("faster-coco-eval is not installed: pip install faster-coco-eval") from None
+    return "pycocotools"
+
+
+def evaluate(coco_gt, results, image_ids, backend="auto"):
+    """Run COCO bbox evaluation over `image_ids`; returns the COCOeval object (stats in .stats).
+
+    coco_gt is a pycocotools COCO; with the faster-coco-eval backend the same
+    data set is evaluated by its C++ implementation of the same algorithm.
+    """
+    backend = evaluation_backend(backend)
     with contextlib.redirect_stdout(io.StringIO()):
+        if backend == "faster-coco-eval":
+            from faster_coco_eval import COCO as FastCOCO
+            from faster_coco_eval import COCOeval_faster as Evaluator
+
+            coco_gt = FastCOCO(copy_dataset(coco_gt.dataset))
+        else:
+            from pycocotools.cocoeval import COCOeval as Evaluator
         coco_dt = coco_gt.loadRes(results) if results else _empty_results(coco_gt)
-        evaluator = COCOeval(coco_gt, coco_dt, "bbox")
+        evaluator = Evaluator(coco_gt, coco_dt, "bbox")
         evaluator.params.imgIds = sorted(image_ids)
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
+    log.debug("evaluated with %s", backend)
     return evaluator
 
 
-def _empty_results(coco_gt):
-    from pycocotools.coco import COCO
+def copy_dataset(dataset):
+    return {key: list(value) if isinstance(value, list) else value for key, value in dataset.items()}
 
-    empty = COCO()
+
+def _empty_results(coco_gt):
+    empty = type(coco_gt)()
     empty.dataset = {"images": coco_gt.dataset["images"], "categories": coco_gt.dataset["categories"],
                      "annotations": []}
     empty.createIndex()

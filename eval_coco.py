@@ -104,8 +104,9 @@ def main(argv=None):
     if plot:
         coco_eval.plot_precision_recall(evaluator, plot, f"{runner.name} on {len(evaluated)} images")
     shown = "unknown" if threshold is None else f"{threshold:g}"
-    print(f"COCO bbox evaluation: {len(evaluated)} images, {len(results)} detections, model NMS score "
-          f"threshold {shown}, post-filter {args.nms_threshold:g}, {len(evaluated) / elapsed:.1f} images/s")
+    print(f"COCO bbox evaluation ({coco_eval.evaluation_backend()}): {len(evaluated)} images, {len(results)} "
+          f"detections, model NMS score threshold {shown}, post-filter {args.nms_threshold:g}, "
+          f"{len(evaluated) / elapsed:.1f} images/s")
     print(coco_eval.format_summary(evaluator))
     print("per-class AP:")
     print(coco_eval.format_class_table(coco_eval.per_class_ap(evaluator)))

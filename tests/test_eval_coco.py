@@ -88,12 +88,13 @@ def test_ground_truth_scores_one(dataset):
     assert all(ap == pytest.approx(1.0) for _, ap, _ in coco_eval.per_class_ap(evaluator))
 
 
+@pytest.mark.parametrize("backend", ["pycocotools", "faster-coco-eval"])
 @pytest.mark.parametrize("kind", ["shifted", "dropped", "wrong_class"])
-def test_perturbations_equal_direct_pycocotools(dataset, kind, tmp_path):
+def test_perturbations_equal_direct_pycocotools(dataset, kind, backend, tmp_path):
     _, annotations, data = dataset
     results = perturb(ground_truth_as_results(data), kind)
     gt = coco_eval.load_annotations(str(annotations))
-    ours = coco_eval.evaluate(gt, results, [i["id"] for i in data["images"]]).stats
+    ours = coco_eval.evaluate(gt, results, [i["id"] for i in data["images"]], backend).stats
     direct = direct_pycocotools(annotations, results, tmp_path)
     assert np.allclose(ours, direct, atol=1e-9, rtol=0)
     assert ours[0] < 0.95
