@@ -210,12 +210,12 @@ class TensorRTRunner(Runner):
         self.cuda = cuda_memory.load_cuda()
         cuda_memory.require_gpu(self.cuda)  # before any TensorRT object: TensorRT without a GPU can crash
         trt = trt_adapter.import_tensorrt()
-        self.logger = trt_adapter.make_logger(trt, self.verbose)
-        trt_adapter.init_plugins(trt, self.logger)
+        self.logger = trt_adapter.make_logger(self.verbose)
+        trt_adapter.init_plugins(self.logger)
         self.runtime = trt.Runtime(self.logger)
-        self.engine = trt_adapter.load_engine(trt, self.runtime, self.logger, self.path)
+        self.engine = trt_adapter.load_engine(self.runtime, self.logger, self.path)
         self.context = self.engine.create_execution_context()
-        self.tensors = trt_adapter.io_tensors(trt, self.engine)
+        self.tensors = trt_adapter.io_tensors(self.engine)
         inputs = [t for t in self.tensors if t[1]]
         if len(inputs) != 1:
             raise UserError(f"{self.path}: expected one image input, found {len(inputs)}")
@@ -267,6 +267,8 @@ class TensorRTRunner(Runner):
             raise RuntimeError(f"TensorRT execution failed: {said}")
 
     def infer(self, feed):
+        import trt_adapter
+
         name, _, dtype, shape = self._input
         images = np.ascontiguousarray(feed[name], dtype=dtype)
         batch = images.shape[0]
@@ -278,7 +280,8 @@ class TensorRTRunner(Runner):
             self.context.set_input_shape(name, images.shape)
         host_input = self.host[name].reshape(-1)[: images.size].reshape(images.shape)
         host_input[...] = images
-        outputs = [(n, tuple(self.context.get_tensor_shape(n))) for n, is_input, _, _ in self.tensors if not is_input]
+        outputs = [(n, trt_adapter.dims_tuple(self.context.get_tensor_shape(n)))
+                   for n, is_input, _, _ in self.tensors if not is_input]
         start, end = self.events
         self.cuda.copy_to_device(self.device[name], host_input, self.stream)
         self.cuda.record_event(start, self.stream)

@@ -14,10 +14,14 @@ themselves. Runtime facts used here (NVIDIA's Python API reference and the
 
 import logging
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from common import UserError
+
+if TYPE_CHECKING:  # the static checks resolve these against TensorRT's stubs
+    import tensorrt
 
 log = logging.getLogger("trt_adapter")
 
@@ -26,6 +30,11 @@ TRT_INSTALL_HINT = ("install TensorRT for your CUDA version (pip install tensorr
 
 
 def import_tensorrt():
+    """The tensorrt module; a one-line error when it is not installed.
+
+    Helpers here and in trt_builder.py call this instead of taking the module
+    as a parameter, so pyright checks every TensorRT call against the stubs.
+    """
     try:
         import tensorrt as trt
     except ImportError:
@@ -33,12 +42,9 @@ def import_tensorrt():
     return trt
 
 
-def version_tuple(trt):
-    return tuple(int(part) for part in trt.__version__.split(".")[:2])
-
-
-def make_logger(trt, verbose=False):
+def make_logger(verbose=False):
     """A TensorRT logger that also keeps its messages, so errors can quote TensorRT."""
+    trt = import_tensorrt()
 
     class CapturingLogger(trt.ILogger):
         def __init__(self):
@@ -56,19 +62,15 @@ def make_logger(trt, verbose=False):
     return CapturingLogger()
 
 
-def init_plugins(trt, logger):
+def init_plugins(logger):
     """Register TensorRT's bundled plugins (EfficientNMS_TRT, BatchedNMS_TRT)."""
+    trt = import_tensorrt()
     init = getattr(trt, "init_libnvinfer_plugins", None)
     if init is None:
         log.warning("this TensorRT Python package has no plugin library (lean runtime?): EfficientNMS_TRT "
                     "will not be found; install the full tensorrt package")
         return False
     return bool(init(logger, ""))
-
-
-def has_plugin(trt, name, version="1"):
-    registry = trt.get_plugin_registry()
-    return registry.get_creator(name, version, "") is not None
 
 
 def check_engine_file(path):
@@ -84,8 +86,9 @@ def check_engine_file(path):
                         "engine from it with build_engine.py")
 
 
-def load_engine(trt, runtime, logger, path):
+def load_engine(runtime: "tensorrt.Runtime", logger, path) -> "tensorrt.ICudaEngine":
     """Deserialize an engine file, turning TensorRT's failures into one-line errors."""
+    trt = import_tensorrt()
     check_engine_file(path)
     with open(path, "rb") as handle:
         data = handle.read()
@@ -103,19 +106,25 @@ def load_engine(trt, runtime, logger, path):
     return engine
 
 
-def io_tensors(trt, engine):
+def dims_tuple(dims: "tensorrt.Dims"):
+    """A TensorRT Dims as a tuple of ints (Dims is tuple-like at run time; the stubs say indexable)."""
+    return tuple(int(dims[i]) for i in range(len(dims)))
+
+
+def io_tensors(engine: "tensorrt.ICudaEngine"):
     """[(name, is_input, numpy dtype, shape with -1 for dynamic dims)] in engine order."""
+    trt = import_tensorrt()
     tensors = []
     for index in range(engine.num_io_tensors):
         name = engine.get_tensor_name(index)
         is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
         dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
-        shape = tuple(engine.get_tensor_shape(name))
+        shape = dims_tuple(engine.get_tensor_shape(name))
         tensors.append((name, is_input, dtype, shape))
     return tensors
 
 
-def profile_shapes(engine, name, profile=0):
+def profile_shapes(engine: "tensorrt.ICudaEngine", name, profile=0):
     """(min, opt, max) shapes of an input in an optimization profile."""
-    shapes = engine.get_tensor_profile_shape(name, profile)
-    return tuple(tuple(s) for s in shapes)
+    low, opt, high = engine.get_tensor_profile_shape(name, profile)
+    return dims_tuple(low), dims_tuple(opt), dims_tuple(high)

@@ -38,26 +38,11 @@ needs_tensorrt_gpu = pytest.mark.skipif(
 
 
 def build_engine_with_tensorrt(onnx_path, engine_path, batch_range):
-    """FP32 engine with a batch profile, straight from TensorRT's documented builder API."""
-    import tensorrt as trt
-
-    logger = trt.Logger(trt.Logger.WARNING)
-    trt.init_libnvinfer_plugins(logger, "")
-    builder = trt.Builder(logger)
-    major = int(trt.__version__.split(".")[0])
-    network = builder.create_network(0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH))
-    parser = trt.OnnxParser(network, logger)
-    assert parser.parse(open(onnx_path, "rb").read()), [str(parser.get_error(i)) for i in range(parser.num_errors)]
-    config = builder.create_builder_config()
-    profile = builder.create_optimization_profile()
-    shape = tuple(network.get_input(0).shape)[1:]
-    low, opt, high = batch_range
-    profile.set_shape("input", (low,) + shape, (opt,) + shape, (high,) + shape)
-    config.add_optimization_profile(profile)
-    data = builder.build_serialized_network(network, config)
-    assert data is not None
-    with open(engine_path, "wb") as handle:
-        handle.write(bytes(data))
+    """An FP32 engine with a batch profile, built by build_engine.py."""
+    result = subprocess.run([sys.executable, str(ROOT / "build_engine.py"), "--onnx", str(onnx_path), "--engine",
+                             str(engine_path), "--precision", "fp32", "--dynamic_batch_size",
+                             ",".join(str(b) for b in batch_range)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 @needs_tensorrt_gpu

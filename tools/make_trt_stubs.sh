@@ -11,8 +11,9 @@ rm -rf "$OUT" && mkdir -p "$OUT/trt10" "$OUT/trt11/tensorrt" "$OUT/lean"
 cp -r "$OUT/pkg10/tensorrt" "$OUT/pkg10/tensorrt_bindings" "$OUT/trt10/"
 "$PY" -m pip install -q --disable-pip-version-check --no-deps --target "$OUT/lean" tensorrt-lean-cu13-bindings==11.4.0.106 tensorrt-lean-cu13-libs==11.4.0.106
 PYTHONPATH="$OUT/lean" "$(dirname "$PY")/stubgen" -p tensorrt_lean_bindings -o "$OUT/gen" > /dev/null
-cp "$OUT/gen/tensorrt_lean_bindings/tensorrt_lean.pyi" "$OUT/trt11/tensorrt/__init__.pyi"
-cat >> "$OUT/trt11/tensorrt/__init__.pyi" <<'PYI'
+# the package (nptype, __version__, ...) re-exports the compiled module's classes
+cp "$OUT/gen/tensorrt_lean_bindings/__init__.pyi" "$OUT/gen/tensorrt_lean_bindings/tensorrt_lean.pyi" "$OUT/trt11/tensorrt/"
+cat >> "$OUT/trt11/tensorrt/tensorrt_lean.pyi" <<'PYI'
 
 # Full TensorRT 11.x (not the lean runtime) also has the plugin library entry point.
 def init_libnvinfer_plugins(logger: ILogger | None, namespace: str) -> bool: ...

@@ -1,0 +1,87 @@
+"""build_engine.py: the CPU half (FP16 graph, argument checks) for real, TensorRT builds where possible."""
+
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+import create_onnx
+from conftest import ROOT
+from helpers import as_input, matched_fraction, per_image
+from runners import OnnxCpuRunner, TensorRTRunner
+from test_tensorrt_runner import gpu_available, needs_tensorrt_gpu
+
+
+def run_build(*args):
+    return subprocess.run([sys.executable, str(ROOT / "build_engine.py"), *args], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def d0_onnx(fixture_model, tmp_path_factory):
+    _, converted, _ = fixture_model("d0_hard")
+    path = tmp_path_factory.mktemp("build") / "d0.onnx"
+    onnx.save(create_onnx.build_graph(converted), str(path))
+    return path
+
+
+def test_save_onnx_alone_writes_the_fp16_graph_without_tensorrt(d0_onnx, fixture_model, tmp_path):
+    _, _, reference = fixture_model("d0_hard")
+    fp16_path = tmp_path / "d0-fp16.onnx"
+    result = run_build("--onnx", str(d0_onnx), "--precision", "fp16", "--save_onnx", str(fp16_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    halves = sum(1 for i in onnx.load(str(fp16_path)).graph.initializer if i.data_type == onnx.TensorProto.FLOAT16)
+    assert halves > 100
+    with OnnxCpuRunner(str(fp16_path)) as fp16, OnnxCpuRunner(str(d0_onnx)) as fp32:
+        feed = {"input": as_input(reference.images[:3], "NHWC")}
+        got, want = fp16.infer(feed), fp32.infer(feed)
+        for row in range(3):
+            assert matched_fraction(per_image(want, row), per_image(got, row), 0.95, None)[0] >= 0.98
+
+
+@pytest.mark.parametrize("args,fragment", [
+    ([], "give --engine"),
+    (["--engine", "x.engine", "--dynamic_batch_size", "4,2,8"], "MIN,OPT,MAX"),
+    (["--engine", "x.engine", "--batch_size", "0"], "--batch_size"),
+])
+def test_argument_errors(d0_onnx, args, fragment):
+    result = run_build("--onnx", str(d0_onnx), *args)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert fragment in result.stderr.strip().splitlines()[-1]
+
+
+def test_missing_onnx(tmp_path):
+    result = run_build("--onnx", str(tmp_path / "none.onnx"), "--engine", str(tmp_path / "x.engine"))
+    assert result.returncode == 2 and "none.onnx" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(gpu_available(), reason="checks the refusal on machines without a GPU")
+def test_without_a_gpu_building_is_refused_cleanly(d0_onnx, tmp_path):
+    result = run_build("--onnx", str(d0_onnx), "--engine", str(tmp_path / "x.engine"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "no CUDA device found" in result.stderr or "CUDA Python bindings" in result.stderr
+    assert not (tmp_path / "x.engine").exists()
+
+
+@needs_tensorrt_gpu
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_built_engines_match_the_cpu_reference(d0_onnx, fixture_model, tmp_path, precision):
+    _, _, reference = fixture_model("d0_hard")
+    engine = tmp_path / f"d0-{precision}.engine"
+    cache = tmp_path / "timing.cache"
+    result = run_build("--onnx", str(d0_onnx), "--engine", str(engine), "--precision", precision,
+                       "--dynamic_batch_size", "1,4,8", "--timing_cache", str(cache))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert cache.stat().st_size > 0
+    matched = total = 0
+    with TensorRTRunner(str(engine)) as gpu, OnnxCpuRunner(str(d0_onnx)) as cpu:
+        for size in (1, 7):
+            feed = {"input": as_input([reference.images[i % 8] for i in range(size)], "NHWC")}
+            ours, want = gpu.infer(feed), cpu.infer(feed)
+            assert np.all(ours["detection_scores"] >= 0)  # FP16 NMS would give negative scores
+            for row in range(size):
+                fraction, count = matched_fraction(per_image(want, row), per_image(ours, row), 0.95, None)
+                matched += round(fraction * count)
+                total += count
+    assert matched / total >= (0.99 if precision == "fp32" else 0.98)

@@ -1,0 +1,122 @@
+"""The TensorRT builder half of the version adapter (runtime half: trt_adapter.py).
+
+Every builder difference between TensorRT 8.6, 10.x and 11.x is here (NVIDIA's
+8.x->10.x and 10.x->11.x migration guides):
+- network: 8.6 needs the EXPLICIT_BATCH creation flag; 10.x ignores it (deprecated)
+  and 11.x has no weak typing at all, so both take flags 0;
+- workspace: set_memory_pool_limit(WORKSPACE) on every version (max_workspace_size
+  was removed in 10.0);
+- build: build_serialized_network on every version (build_engine removed in 10.0);
+- FP16: BuilderFlag.FP16 on 8.6/10.x, with the NMS plugin layer pinned to FP32;
+  11.x removed the flag: the FP16 must already be in the ONNX (precision.to_fp16).
+Checked statically against the TensorRT 10.13 stubs (the lean 11.x package has
+no builder to generate stubs from).
+"""
+
+import logging
+import os
+from typing import TYPE_CHECKING
+
+from common import UserError
+from trt_adapter import dims_tuple, import_tensorrt
+
+if TYPE_CHECKING:
+    import tensorrt
+
+log = logging.getLogger("trt_builder")
+
+NMS_PLUGINS = ("EfficientNMS_TRT", "BatchedNMS_TRT")
+
+
+def major_version():
+    return int(import_tensorrt().__version__.split(".")[0])
+
+
+def fp16_in_onnx():
+    """True when FP16 must be written into the ONNX (TensorRT 11.x: strongly typed only)."""
+    return major_version() >= 11
+
+
+def create_network(builder: "tensorrt.Builder") -> "tensorrt.INetworkDefinition":
+    trt = import_tensorrt()
+    if major_version() >= 10:
+        return builder.create_network(0)
+    return builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH))
+
+
+def parse_onnx(network: "tensorrt.INetworkDefinition", logger, data, path):
+    """Parse ONNX bytes into `network`; every parser error is listed in one line."""
+    trt = import_tensorrt()
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(data):
+        errors = "; ".join(str(parser.get_error(i)).strip() for i in range(parser.num_errors))
+        raise UserError(f"{path}: TensorRT {trt.__version__}'s ONNX parser failed: {errors}")
+    return parser
+
+
+def check_plugins(network: "tensorrt.INetworkDefinition", path):
+    """Fail clearly when the graph needs an NMS plugin this TensorRT does not have."""
+    trt = import_tensorrt()
+    registry = trt.get_plugin_registry()
+    for name in NMS_PLUGINS:
+        if any(name in network.get_layer(i).name or name in str(network.get_layer(i).type)
+               for i in range(network.num_layers)):
+            if registry.get_plugin_creator(name, "1", "") is None:
+                raise UserError(f"{path}: needs the {name} plugin, which TensorRT {trt.__version__}'s plugin "
+                                "library does not provide; install libnvinfer-plugin of this TensorRT version")
+
+
+def configure(builder: "tensorrt.Builder", network: "tensorrt.INetworkDefinition", workspace_gib, batch_range):
+    """Builder config with the workspace limit and, for a dynamic batch, one optimization profile."""
+    trt = import_tensorrt()
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+    image = network.get_input(0)
+    shape = dims_tuple(image.shape)
+    if shape[0] < 0:
+        low, opt, high = batch_range
+        profile = builder.create_optimization_profile()
+        low_dims, opt_dims, high_dims = (trt.Dims([batch, *shape[1:]]) for batch in (low, opt, high))
+        profile.set_shape(image.name, low_dims, opt_dims, high_dims)
+        config.add_optimization_profile(profile)
+        log.info("dynamic batch profile for %s: min %d, opt %d, max %d", image.name, low, opt, high)
+    elif batch_range[2] != shape[0]:
+        raise UserError(f"the ONNX input has a fixed batch of {shape[0]}; re-create it with a dynamic batch "
+                        "(create_onnx.py --input_shape N,...) to build other batch sizes")
+    return config
+
+
+def enable_fp16_with_fp32_nms(config: "tensorrt.IBuilderConfig", network: "tensorrt.INetworkDefinition"):
+    """TensorRT 8.6/10.x: allow FP16 kernels, but keep the NMS plugin layer and its outputs in FP32."""
+    trt = import_tensorrt()
+    config.set_flag(trt.BuilderFlag.FP16)
+    config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
+    for index in range(network.num_layers):
+        layer = network.get_layer(index)
+        if layer.type == trt.LayerType.PLUGIN_V2 or "nms" in layer.name:
+            layer.precision = trt.float32
+            for output in range(layer.num_outputs):
+                if layer.get_output(output).dtype == trt.float16:
+                    layer.set_output_type(output, trt.float32)
+            log.info("pinned %s to FP32", layer.name)
+
+
+def load_timing_cache(config: "tensorrt.IBuilderConfig", path):
+    data = b""
+    if path and os.path.isfile(path):
+        with open(path, "rb") as handle:
+            data = handle.read()
+        log.info("using timing cache %s", path)
+    cache = config.create_timing_cache(data)
+    config.set_timing_cache(cache, False)
+    return cache
+
+
+def build_serialized(builder: "tensorrt.Builder", network: "tensorrt.INetworkDefinition",
+                     config: "tensorrt.IBuilderConfig", logger, path):
+    trt = import_tensorrt()
+    data = builder.build_serialized_network(network, config)
+    if data is None:
+        said = "; ".join(m for m in logger.messages[-5:] if m)
+        raise UserError(f"{path}: TensorRT {trt.__version__} could not build an engine ({said or 'no reason given'})")
+    return bytes(memoryview(data))
