@@ -79,7 +79,6 @@ def main(argv=None):
     if args.output:
         os.makedirs(args.output, exist_ok=True)
 
-    args.cuda_graph = False
     ours_all, tf_all, sizes = [], [], []
     with open_runner(args) as ours, TFSavedModelRunner(args.saved_model, ours.input_hw) as tf_runner:
         spec = ours.input_spec()

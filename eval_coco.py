@@ -62,7 +62,6 @@ def main(argv=None):
     ids_by_name = {image["file_name"]: image["id"] for image in coco.dataset["images"]}
     categories = coco_eval.category_map(coco, read_labels(args.labels) if args.labels else None)
 
-    args.cuda_graph = False
     with open_runner(args) as runner:
         threshold = model_score_threshold(runner)
         if threshold is not None and threshold > MAP_SENSITIVE_THRESHOLD:

@@ -49,7 +49,8 @@ def open_runner(args):
     if bool(args.engine) == bool(args.onnx):
         raise UserError("give the model with exactly one of --engine (TensorRT) or --onnx (CPU)")
     if args.engine:
-        return TensorRTRunner(args.engine, use_cuda_graph=args.cuda_graph, verbose=args.verbose)
+        return TensorRTRunner(args.engine, use_cuda_graph=getattr(args, "cuda_graph", False),
+                              verbose=getattr(args, "verbose", False))
     return OnnxCpuRunner(args.onnx)
 
 
