@@ -69,8 +69,8 @@ def _constant(tensor):
     return tensor.values if isinstance(tensor, gs.Constant) else None
 
 
-def _ancestors_along_first_input(node, limit=64):
-    """Nodes feeding `node` through input 0 (and data inputs of Mul/Sub/Div), nearest first."""
+def _ancestors(node, limit=64):
+    """Nodes feeding `node`, breadth-first (nearest first), at most `limit` of them."""
     seen, queue, out = set(), [node], []
     while queue and len(out) < limit:
         current = queue.pop(0)
@@ -90,7 +90,7 @@ def find_input_normalization(graph, stem):
     tf2onnx keeps those constants. Returns None when they cannot be found.
     """
     mean = inv_std = None
-    for node in _ancestors_along_first_input(stem):
+    for node in _ancestors(stem):
         values = [_constant(t) for t in node.inputs]
         consts = [v for v in values if v is not None and v.size in (1, 3) and v.dtype.kind == "f"]
         if not consts:
@@ -110,7 +110,7 @@ def find_input_normalization(graph, stem):
 
 def find_model_input_size(graph, stem):
     """The (H, W) AutoML crops/pads to before the stem, from the crop Slice's ends."""
-    for node in _ancestors_along_first_input(stem):
+    for node in _ancestors(stem):
         if node.op == "Slice" and len(node.inputs) >= 3:
             ends = _constant(node.inputs[2])
             if ends is not None and ends.size == 3 and ends[2] > 1 << 20 and ends[0] > 0 and ends[1] > 0:
