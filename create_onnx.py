@@ -119,7 +119,7 @@ def convert_saved_model(saved_model, tf2onnx_path=None, opset=13):
 
 def build_graph(converted, input_shape=None, input_format=None, input_size=None, preprocessor="auto",
                 nms_threshold=None, iou_threshold=None, nms_detections=None, legacy_plugins=False,
-                class_agnostic=False):
+                class_agnostic=False, onnx_nms=False):
     """Stage 2 (ONNX only): graph surgery on a converted model; returns the final onnx.ModelProto."""
     import onnx_graphsurgeon as gs
 
@@ -165,11 +165,21 @@ def build_graph(converted, input_shape=None, input_format=None, input_size=None,
     surgery.replace_input(graph, stem, analysis_shape, layout, normalization)
 
     score, iou, detections = resolve_thresholds(converted.tf_nms, nms_threshold, iou_threshold, nms_detections)
-    if legacy_plugins:
+    if legacy_plugins and onnx_nms:
+        raise UserError("--legacy_plugins and --onnx_nms are two different NMS routes; choose one")
+    anchors = surgery.extract_anchors(split) if not legacy_plugins else None
+    if onnx_nms:
+        if class_agnostic:
+            raise UserError("--class_agnostic is not available with --onnx_nms (per-class NonMaxSuppression)")
+        # The NMS ops go in after constant folding (their shapes follow the batch); until then the
+        # heads are the outputs.
+        graph.outputs = [box_concat.outputs[0], class_concat.outputs[0]]
+        for tensor in graph.outputs:
+            tensor.dtype = np.float32
+    elif legacy_plugins:
         decoded = surgery.find_box_decoder_output(split).outputs[0]
         surgery.add_batched_nms(graph, decoded, class_concat.outputs[0], num_classes, detections, score, iou)
     else:
-        anchors = surgery.extract_anchors(split)
         surgery.add_efficient_nms(graph, box_concat.outputs[0], class_concat.outputs[0], anchors, num_classes,
                                   detections, score, iou, class_agnostic)
     surgery.cleanup(graph)
@@ -177,6 +187,10 @@ def build_graph(converted, input_shape=None, input_format=None, input_size=None,
     surgery.precompute_resize_scales(graph)
     surgery.make_reshapes_batch_agnostic(graph, 1)
     surgery.set_batch_dim(graph, batch)
+    if onnx_nms:
+        boxes, scores = graph.outputs
+        surgery.add_onnx_nms(graph, boxes, scores, anchors, num_classes, detections, score, iou)
+        surgery.set_batch_dim(graph, batch)
     surgery.cleanup(graph)
     graph.name = f"efficientdet-{family}"
     model = gs.export_onnx(graph)
@@ -216,6 +230,9 @@ def main(argv=None):
                         "AutoML's own global hard NMS) instead of per-class NMS")
     parser.add_argument("--legacy_plugins", action="store_true", help="use BatchedNMS_TRT (TensorRT < 8) "
                         "instead of EfficientNMS_TRT")
+    parser.add_argument("--onnx_nms", action="store_true", help="end in the standard ONNX NonMaxSuppression op "
+                        "(plus the ops that make the same four outputs) instead of a TensorRT plugin: for TensorRT "
+                        "without EfficientNMS_TRT, or plain ONNX Runtime")
     parser.add_argument("--opset", type=int, default=13, help="ONNX opset for tf2onnx")
     parser.add_argument("--tf2onnx", metavar="PATH", help="also write the raw tf2onnx graph here (for debugging)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -227,7 +244,7 @@ def main(argv=None):
     converted = convert_saved_model(args.saved_model, args.tf2onnx, args.opset)
     model = build_graph(converted, args.input_shape, args.input_format, args.input_size, args.preprocessor,
                         args.nms_threshold, args.iou_threshold, args.nms_detections, args.legacy_plugins,
-                        args.class_agnostic)
+                        args.class_agnostic, args.onnx_nms)
     write_bytes_atomic(args.onnx, model.SerializeToString())
     log.info("wrote %s in %.1f s", args.onnx, time.perf_counter() - start)
     return 0

@@ -244,6 +244,82 @@ def add_efficient_nms(graph, boxes, scores, anchors, num_classes, max_detections
     return outputs
 
 
+def add_onnx_nms(graph, boxes, scores, anchors, num_classes, max_detections, score_threshold, iou_threshold):
+    """The same four outputs from standard ONNX ops, ending in NonMaxSuppression (no plugin needed).
+
+    For TensorRT versions without EfficientNMS_TRT (deprecated since 10.12;
+    NonMaxSuppression maps to TensorRT's INMSLayer) and plain ONNX Runtime:
+    decode the boxes against the anchors as the plugin does, sigmoid the
+    scores, per-class NonMaxSuppression, then the best `max_detections` of
+    each image by score (TopK over a dense [N, C*A] score map). Add it after
+    constant folding: its shapes follow the real batch.
+    """
+    counter = [0]
+
+    def op(kind, inputs, dtype=np.float32, **attrs):
+        counter[0] += 1
+        out = gs.Variable(f"nms/{kind.lower()}_{counter[0]}", dtype=dtype)
+        graph.nodes.append(gs.Node(kind, f"nms/{kind}_{counter[0]}", attrs=attrs, inputs=inputs, outputs=[out]))
+        return out
+
+    def const(name, values):
+        return gs.Constant(f"nms/{name}", np.asarray(values))
+
+    num_anchors = anchors.shape[1]
+    # Decode (ty, tx, th, tw) against (yc, xc, h, w) anchors into (ymin, xmin, ymax, xmax).
+    centers = op("Add", [op("Mul", [op("Slice", [boxes, const("c0", [0]), const("c2", [2]), const("ax", [2])]),
+                                     const("anchor_sizes", anchors[..., 2:])]), const("anchor_centers", anchors[..., :2])])
+    sizes = op("Mul", [op("Exp", [op("Slice", [boxes, const("c2b", [2]), const("c4", [4]), const("axb", [2])])]),
+                       const("anchor_sizes_b", anchors[..., 2:])])
+    half = op("Mul", [sizes, const("half", np.float32(0.5))])
+    corners = op("Concat", [op("Sub", [centers, half]), op("Add", [centers, half])], axis=2)  # [N, A, 4]
+    probabilities = op("Sigmoid", [scores])  # [N, A, C]
+    per_class = op("Transpose", [probabilities], perm=[0, 2, 1])  # [N, C, A]
+    selected = op("NonMaxSuppression", [corners, per_class, const("max_per_class", np.array([max_detections], np.int64)),
+                                        const("iou", np.array([iou_threshold], np.float32)),
+                                        const("score", np.array([score_threshold], np.float32))], dtype=np.int64)
+    picked = op("GatherND", [per_class, selected])  # [K] scores of the kept (image, class, anchor)
+    image_ids = op("Slice", [selected, const("s0", [0]), const("s1", [1]), const("sax", [1])], dtype=np.int64)
+    class_ids = op("Slice", [selected, const("s1b", [1]), const("s2", [2]), const("saxb", [1])], dtype=np.int64)
+    anchor_ids = op("Slice", [selected, const("s2b", [2]), const("s3", [3]), const("saxc", [1])], dtype=np.int64)
+    flat = op("Add", [op("Mul", [class_ids, const("stride", np.array(num_anchors, np.int64))], dtype=np.int64),
+                      anchor_ids], dtype=np.int64)
+    positions = op("Concat", [image_ids, flat], dtype=np.int64, axis=1)  # [K, 2] into [N, C*A]
+    batch = op("Slice", [op("Shape", [scores], dtype=np.int64), const("b0", [0]), const("b1", [1])], dtype=np.int64)
+    dense_shape = op("Concat", [batch, const("dense", np.array([num_classes * num_anchors], np.int64))],
+                     dtype=np.int64, axis=0)
+    empty = op("Expand", [const("minus_one", np.float32(-1.0)), dense_shape])
+    dense = op("ScatterND", [empty, positions, picked])  # kept scores, -1 elsewhere
+    top_scores = gs.Variable("nms/top_scores", dtype=np.float32)
+    top_index = gs.Variable("nms/top_index", dtype=np.int64)
+    graph.nodes.append(gs.Node("TopK", "nms/TopK", attrs={"axis": 1, "largest": 1, "sorted": 1},
+                               inputs=[dense, const("k", np.array([max_detections], np.int64))],
+                               outputs=[top_scores, top_index]))
+    valid = op("GreaterOrEqual", [top_scores, const("zero", np.float32(0.0))], dtype=np.bool_)
+    top_anchor = op("Mod", [top_index, const("anchors_n", np.array(num_anchors, np.int64))], dtype=np.int64)
+    top_class = op("Div", [top_index, const("anchors_d", np.array(num_anchors, np.int64))], dtype=np.int64)
+    top_boxes = op("GatherElements", [corners, op("Expand", [op("Unsqueeze", [top_anchor, const("u2", [2])],
+                                                                dtype=np.int64),
+                                                             op("Concat", [batch, const("d4", np.array(
+                                                                 [max_detections, 4], np.int64))], dtype=np.int64,
+                                                                axis=0)], dtype=np.int64)], axis=1)
+    valid4 = op("Unsqueeze", [valid, const("u2b", [2])], dtype=np.bool_)
+    outputs = _nms_outputs(max_detections, np.int32)
+    zero = const("zero_b", np.float32(0.0))
+    graph.nodes.append(gs.Node("Where", "nms/boxes_out", inputs=[valid4, top_boxes, zero], outputs=[outputs[1]]))
+    graph.nodes.append(gs.Node("Where", "nms/scores_out", inputs=[valid, top_scores, zero], outputs=[outputs[2]]))
+    classes = op("Where", [valid, top_class, const("zero_i", np.int64(0))], dtype=np.int64)
+    graph.nodes.append(gs.Node("Cast", "nms/classes_out", attrs={"to": onnx.TensorProto.INT32}, inputs=[classes],
+                               outputs=[outputs[3]]))
+    count = op("ReduceSum", [op("Cast", [valid], to=onnx.TensorProto.INT32, dtype=np.int32),
+                             const("axis1", np.array([1], np.int64))], dtype=np.int32, keepdims=1)
+    graph.nodes.append(gs.Node("Identity", "nms/num_detections", inputs=[count], outputs=[outputs[0]]))
+    graph.outputs = outputs
+    log.info("added ONNX NonMaxSuppression route (%d classes, max %d, IoU %g, score %g)", num_classes,
+             max_detections, iou_threshold, score_threshold)
+    return outputs
+
+
 def add_batched_nms(graph, decoded_boxes, scores, num_classes, max_detections, score_threshold, iou_threshold):
     """BatchedNMS_TRT (TensorRT < 8): decoded pixel boxes [N,A,1,4] and sigmoid scores."""
     boxes4 = gs.Variable("nms/boxes", dtype=np.float32)

@@ -263,3 +263,33 @@ def test_cli_rejects_a_keras_classifier_and_keeps_existing_output(tmp_path):
     result = run_cli("--saved_model", str(tmp_path / "classifier"), "--onnx", str(existing))
     assert_clean_error(result, "not an EfficientDet")
     assert existing.read_bytes() == b"the user's previous model"
+
+
+@pytest.mark.parametrize("fixture", HARD_FIXTURES)
+def test_onnx_nonmaxsuppression_route_matches_efficient_nms(fixture, fixture_model, work_dir):
+    """The plugin-free graph runs in plain ONNX Runtime and gives the EfficientNMS route's detections."""
+    _, converted, reference = fixture_model(fixture)
+    model = create_onnx.build_graph(converted, onnx_nms=True)
+    ops = {node.op_type for node in model.graph.node}
+    assert "NonMaxSuppression" in ops and not ops & {"EfficientNMS_TRT", "BatchedNMS_TRT"}
+    plain = save_and_open(model, work_dir / f"{fixture}-onnx-nms.onnx")
+    assert plain.plugin is None  # nothing for NumPy to do: ONNX Runtime runs the whole graph
+    plugin = save_and_open(create_onnx.build_graph(converted), work_dir / f"{fixture}-plugin.onnx")
+    matched = total = 0
+    for size in (1, 4):
+        for start in range(0, len(reference.images), size):
+            feed = {"input": as_input(reference.images[start:start + size], "NHWC")}
+            want, got = plugin.infer(feed), plain.infer(feed)
+            assert got["detection_classes"].dtype == np.int32 and got["num_detections"].shape == (size, 1)
+            for row in range(size):
+                fraction, count = matched_fraction(per_image(want, row), per_image(got, row), 0.999, 1e-5)
+                matched += round(fraction * count)
+                total += count
+    print(f"{fixture}: ONNX NonMaxSuppression route matches {matched}/{total} EfficientNMS detections")
+    assert matched / total >= 0.99
+
+
+def test_nms_routes_are_exclusive(fixture_model):
+    _, converted, _ = fixture_model("d0_hard")
+    with pytest.raises(create_onnx.UserError, match="choose one"):
+        create_onnx.build_graph(converted, onnx_nms=True, legacy_plugins=True)
