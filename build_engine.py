@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Build a TensorRT engine (TensorRT 8.6, 10.x or 11.x) from an ONNX graph made by create_onnx.py.
 
-Precision: fp32, or fp16 with the NMS plugin kept in FP32. On TensorRT 8.6/10.x
-FP16 is enabled with the builder flag; TensorRT 11.x builds only strongly typed
-networks, so the FP16 is written into the ONNX first, on the CPU
-(precision.py). --save_onnx writes the graph that will be built; with
---save_onnx and no --engine, only that precision work runs (no TensorRT or GPU
-needed). INT8 and mixed precision are not available yet.
+Precision: fp32, fp16 (the NMS plugin kept in FP32), and on TensorRT 8.6/10.x
+int8 and mixed (INT8 with the stem and blocks_0..2 at FP16) through TensorRT's
+entropy calibrator, fed with --calib_input images or an existing --calib_cache.
+On TensorRT 8.6/10.x FP16 is the builder flag; TensorRT 11.x builds only strongly
+typed networks, so the FP16 is written into the ONNX first, on the CPU
+(precision.py); INT8 on 11.x (explicit Q/DQ) is not available yet.
+--save_onnx writes the graph that will be built; with --save_onnx and no
+--engine, only that precision work runs (no TensorRT or GPU needed).
 """
 
 import argparse
@@ -50,7 +52,29 @@ def graph_to_build(model, precision, fp16_in_onnx):
     return model
 
 
-def build(args, model):
+def check_calibration(args, model):
+    """INT8 inputs checked on the CPU before any GPU work: an ImageBatcher, or None when a cache is reused."""
+    if args.precision not in ("int8", "mixed"):
+        return None
+    import calibration
+
+    if args.calib_cache and os.path.isfile(args.calib_cache):
+        calibration.read_cache(args.calib_cache)  # a corrupt cache is a clear error, before building
+        log.info("calibration cache %s exists: calibration is skipped", args.calib_cache)
+        return None
+    if not args.calib_input:
+        raise UserError(f"--precision {args.precision} needs calibration images (--calib_input) or an existing "
+                        "calibration cache (--calib_cache)")
+    from image_batcher import ImageBatcher
+
+    dims = [d.dim_value or None for d in model.graph.input[0].type.tensor_type.shape.dim]
+    layout = "NCHW" if dims[1] == 3 else "NHWC"
+    height, width = (dims[2], dims[3]) if layout == "NCHW" else (dims[1], dims[2])
+    return ImageBatcher(args.calib_input, (height, width), layout, args.calib_batch_size,
+                        max_num_images=args.calib_num_images, exact_batches=True, shuffle=True)
+
+
+def build(args, model, batcher):
     import cuda_memory
     import trt_adapter
     import trt_builder
@@ -59,6 +83,9 @@ def build(args, model):
     cuda_memory.require_gpu(cuda)  # before any TensorRT object: TensorRT without a GPU can crash
     trt = trt_adapter.import_tensorrt()
     log.info("TensorRT %s", trt.__version__)
+    if args.precision in ("int8", "mixed") and trt_builder.fp16_in_onnx():
+        raise UserError(f"--precision {args.precision} on TensorRT {trt.__version__} needs explicit Q/DQ "
+                        "quantization, which build_engine.py does not do yet; use fp16, or TensorRT 8.6/10.x")
     model = graph_to_build(model, args.precision, trt_builder.fp16_in_onnx())
     if args.save_onnx:
         write_bytes_atomic(args.save_onnx, model.SerializeToString())
@@ -72,6 +99,10 @@ def build(args, model):
     config = trt_builder.configure(builder, network, args.workspace, batch_range)
     if args.precision == "fp16" and not trt_builder.fp16_in_onnx():
         trt_builder.enable_fp16_with_fp32_nms(config, network)
+    if args.precision in ("int8", "mixed"):
+        calibrator = trt_builder.make_entropy_calibrator(batcher, args.calib_cache, cuda)
+        trt_builder.enable_int8(builder, config, network, calibrator, args.calib_batch_size,
+                                args.precision == "mixed")
     cache = trt_builder.load_timing_cache(config, args.timing_cache)
     start = time.perf_counter()
     data = trt_builder.build_serialized(builder, network, config, logger, args.onnx)
@@ -86,7 +117,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("-o", "--onnx", required=True, help="ONNX graph from create_onnx.py")
     parser.add_argument("-e", "--engine", help="engine file to write")
-    parser.add_argument("-p", "--precision", default="fp16", choices=["fp32", "fp16"], help="engine precision")
+    parser.add_argument("-p", "--precision", default="fp16", choices=["fp32", "fp16", "int8", "mixed"],
+                        help="engine precision (int8/mixed: TensorRT 8.6/10.x)")
+    parser.add_argument("--calib_input", help="folder of calibration images (int8/mixed)")
+    parser.add_argument("--calib_cache", help="calibration cache: reused if it exists (no images read), written "
+                        "after calibration otherwise")
+    parser.add_argument("--calib_num_images", type=int, default=5000, help="calibration images to use at most")
+    parser.add_argument("--calib_batch_size", type=int, default=8, help="calibration batch size")
     parser.add_argument("--batch_size", type=int, default=1, help="batch to build for (dynamic-batch ONNX without "
                         "--dynamic_batch_size)")
     parser.add_argument("--dynamic_batch_size", type=parse_batch_range, default=None, metavar="MIN,OPT,MAX",
@@ -103,11 +140,14 @@ def main(argv=None):
     if args.batch_size < 1:
         raise UserError("--batch_size must be at least 1")
     model = load_onnx(args.onnx)
+    batcher = check_calibration(args, model) if args.engine else None
     if not args.engine:
+        if args.precision in ("int8", "mixed"):
+            raise UserError("--save_onnx without --engine writes FP16 graphs only; INT8 Q/DQ graphs are not made yet")
         write_bytes_atomic(args.save_onnx, graph_to_build(model, args.precision, True).SerializeToString())
         log.info("wrote the %s graph to %s (no engine built)", args.precision, args.save_onnx)
         return 0
-    build(args, model)
+    build(args, model, batcher)
     return 0
 
 

@@ -120,3 +120,84 @@ def build_serialized(builder: "tensorrt.Builder", network: "tensorrt.INetworkDef
         said = "; ".join(m for m in logger.messages[-5:] if m)
         raise UserError(f"{path}: TensorRT {trt.__version__} could not build an engine ({said or 'no reason given'})")
     return bytes(memoryview(data))
+
+
+# Layers kept at FP16 in "mixed" precision (the rest may run INT8): the stem and the first three
+# EfficientNet blocks, which lose the most accuracy when quantized.
+MIXED_FP16_SCOPES = ("/stem/", "blocks_0/", "blocks_1/", "blocks_2/")
+
+
+def make_entropy_calibrator(batcher, cache_path, cuda):
+    """TensorRT 8.6/10.x IInt8EntropyCalibrator2 fed by an ImageBatcher; reads and writes `cache_path`.
+
+    With an existing cache TensorRT asks for no batch. The cache is TensorRT's
+    own text format (see calibration.py), the same file on every version.
+    """
+    trt = import_tensorrt()
+
+    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
+        def __init__(self):
+            trt.IInt8EntropyCalibrator2.__init__(self)
+            self.batches = iter(batcher) if batcher is not None else None
+            self.batch_size = batcher.batch_size if batcher is not None else 1
+            self.device = None
+            self.stream = cuda.create_stream()
+            self.done = 0
+
+        def get_batch_size(self):
+            return self.batch_size
+
+        def get_batch(self, names):
+            if self.batches is None:
+                return None
+            try:
+                batch, _ = next(self.batches)
+            except StopIteration:
+                return None
+            if self.device is None:
+                self.device = cuda.malloc(batch.nbytes)
+            cuda.copy_to_device(self.device, batch, self.stream)
+            cuda.synchronize(self.stream)
+            self.done += len(batch)
+            log.info("calibration: %d images", self.done)
+            return [self.device]
+
+        def read_calibration_cache(self):
+            if cache_path and os.path.isfile(cache_path):
+                log.info("using calibration cache %s", cache_path)
+                with open(cache_path, "rb") as handle:
+                    return handle.read()
+            return None
+
+        def write_calibration_cache(self, cache):
+            if cache_path:
+                from common import write_bytes_atomic
+
+                write_bytes_atomic(cache_path, bytes(memoryview(cache)))
+                log.info("wrote calibration cache %s", cache_path)
+
+    return EntropyCalibrator()
+
+
+def enable_int8(builder: "tensorrt.Builder", config: "tensorrt.IBuilderConfig",
+                network: "tensorrt.INetworkDefinition", calibrator, calib_batch, mixed):
+    """TensorRT 8.6/10.x implicit INT8: calibrator, INT8+FP16 flags, NMS pinned FP32, stem/blocks_0-2 FP16 if mixed."""
+    trt = import_tensorrt()
+    enable_fp16_with_fp32_nms(config, network)
+    config.set_flag(trt.BuilderFlag.INT8)
+    config.int8_calibrator = calibrator
+    image = network.get_input(0)
+    shape = dims_tuple(image.shape)
+    if shape[0] < 0:  # dynamic batch: calibrate at the calibration batch size
+        profile = builder.create_optimization_profile()
+        fixed = trt.Dims([calib_batch, *shape[1:]])
+        profile.set_shape(image.name, fixed, fixed, fixed)
+        config.set_calibration_profile(profile)
+    if mixed:
+        kept = 0
+        for index in range(network.num_layers):
+            layer = network.get_layer(index)
+            if any(scope in layer.name for scope in MIXED_FP16_SCOPES):
+                layer.precision = trt.float16
+                kept += 1
+        log.info("mixed precision: %d stem and blocks_0..2 layers kept at FP16", kept)

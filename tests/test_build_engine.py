@@ -85,3 +85,44 @@ def test_built_engines_match_the_cpu_reference(d0_onnx, fixture_model, tmp_path,
                 matched += round(fraction * count)
                 total += count
     assert matched / total >= (0.99 if precision == "fp32" else 0.98)
+
+
+def test_int8_without_images_or_cache_is_a_clear_error(d0_onnx, tmp_path):
+    result = run_build("--onnx", str(d0_onnx), "--engine", str(tmp_path / "x.engine"), "--precision", "int8")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--calib_input" in result.stderr and "--calib_cache" in result.stderr
+
+
+def test_int8_with_fewer_images_than_a_batch_is_a_clear_error(d0_onnx, tmp_path):
+    from synthetic_images import write_images
+
+    write_images(str(tmp_path / "calib"), 3, 64, 64)
+    result = run_build("--onnx", str(d0_onnx), "--engine", str(tmp_path / "x.engine"), "--precision", "mixed",
+                       "--calib_input", str(tmp_path / "calib"), "--calib_batch_size", "8")
+    assert result.returncode == 2 and "fewer images than one batch of 8" in result.stderr
+
+
+def test_corrupt_calibration_cache_is_a_clear_error(d0_onnx, tmp_path):
+    cache = tmp_path / "calib.cache"
+    cache.write_text("not a cache\n")
+    result = run_build("--onnx", str(d0_onnx), "--engine", str(tmp_path / "x.engine"), "--precision", "int8",
+                       "--calib_cache", str(cache))
+    assert result.returncode == 2 and "not a TensorRT entropy calibration cache" in result.stderr
+    assert cache.read_text() == "not a cache\n"
+
+
+@needs_tensorrt_gpu
+def test_int8_calibration_cache_round_trip(d0_onnx, fixture_model, tmp_path):
+    """A second build with the cache reads no images and gives the same cache."""
+    from synthetic_images import write_images
+
+    write_images(str(tmp_path / "calib"), 16, 256, 256)
+    cache = tmp_path / "calib.cache"
+    first = run_build("--onnx", str(d0_onnx), "--engine", str(tmp_path / "a.engine"), "--precision", "int8",
+                      "--calib_input", str(tmp_path / "calib"), "--calib_cache", str(cache), "--calib_batch_size", "4")
+    assert first.returncode == 0, first.stderr[-3000:]
+    written = cache.read_text()
+    second = run_build("--onnx", str(d0_onnx), "--engine", str(tmp_path / "b.engine"), "--precision", "int8",
+                       "--calib_input", str(tmp_path / "missing"), "--calib_cache", str(cache))
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "calibration: " not in second.stderr and cache.read_text() == written
