@@ -68,6 +68,8 @@ def check_calibration(args, model):
     from image_batcher import ImageBatcher
 
     dims = [d.dim_value or None for d in model.graph.input[0].type.tensor_type.shape.dim]
+    if dims[0] is not None and dims[0] != args.calib_batch_size:
+        raise UserError(f"{args.onnx} has a fixed batch of {dims[0]}: calibrate with --calib_batch_size {dims[0]}")
     layout = "NCHW" if dims[1] == 3 else "NHWC"
     height, width = (dims[2], dims[3]) if layout == "NCHW" else (dims[1], dims[2])
     return ImageBatcher(args.calib_input, (height, width), layout, args.calib_batch_size,
