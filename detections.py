@@ -19,12 +19,11 @@ class Detections:
         return len(self.scores)
 
 
-def split_batch(outputs, infos, min_score=0.0, normalized=False, input_hw=None):
+def split_batch(outputs, infos, min_score=0.0):
     """Turn the four NMS outputs of a batch into Detections for each real image in `infos`.
 
-    Boxes come from the graph as (ymin, xmin, ymax, xmax) in model-input pixels
-    (or 0-1 when `normalized`, then scaled by input_hw); they are mapped back
-    with each image's own x and y scales and clipped to the image.
+    Boxes come from the graph as (ymin, xmin, ymax, xmax) in model-input pixels;
+    they are mapped back with each image's own x and y scales and clipped to the image.
     """
     results = []
     for row, info in enumerate(infos):
@@ -32,9 +31,6 @@ def split_batch(outputs, infos, min_score=0.0, normalized=False, input_hw=None):
         boxes = np.asarray(outputs["detection_boxes"][row, :count], np.float64)
         scores = np.asarray(outputs["detection_scores"][row, :count], np.float64)
         classes = np.asarray(outputs["detection_classes"][row, :count]).astype(np.int64)
-        if normalized:
-            height, width = input_hw
-            boxes = boxes * np.array([height, width, height, width])
         keep = scores >= min_score
         yxyx = info.to_original(boxes[keep])
         results.append(Detections(yxyx[:, [1, 0, 3, 2]], scores[keep], classes[keep]))

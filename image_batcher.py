@@ -174,12 +174,6 @@ class ImageBatcher:
         scale_x, scale_y = fit_into(image, original, out, self.layout)
         return ImageInfo(path, original[0], original[1], scale_x, scale_y)
 
-    def preprocess(self, path):
-        """One file -> (model-input array, ImageInfo), or None if unreadable."""
-        out = np.empty(self._shape(1)[1:], self.dtype)
-        info = self._load_into(path, out)
-        return None if info is None else (out, info)
-
     def __iter__(self):
         files = iter(self.files)
         pending = deque()

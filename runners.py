@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import nms_reference
+import trt_adapter
 from common import UserError
 
 log = logging.getLogger("runners")
@@ -204,7 +205,6 @@ class TensorRTRunner(Runner):
 
     def activate_impl(self):
         import cuda_memory
-        import trt_adapter
 
         trt_adapter.check_engine_file(self.path)
         self.cuda = cuda_memory.load_cuda()
@@ -267,8 +267,6 @@ class TensorRTRunner(Runner):
             raise RuntimeError(f"TensorRT execution failed: {said}")
 
     def infer(self, feed):
-        import trt_adapter
-
         name, _, dtype, shape = self._input
         images = np.ascontiguousarray(feed[name], dtype=dtype)
         batch = images.shape[0]
