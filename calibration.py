@@ -6,8 +6,8 @@
   clipped tail added to its last bin) is compared with Q, P quantized to 128
   levels and expanded back over P's non-empty bins; the i with the smallest
   KL(P || Q) gives the threshold (i + 0.5) * bin width.
-- `HistogramCollector`: histograms of many tensors over many batches (a first
-  pass finds each tensor's max |x|, a second fills fixed-range histograms).
+- `HistogramCollector`: histograms of many tensors over many batches, in one
+  pass (ranges widen by exact power-of-two bin merges).
 - The calibration cache is TensorRT's own text format: a header line
   `TRT-<version>-EntropyCalibration2`, then `<tensor name>: <8 hex digits>`, the
   big-endian IEEE-754 bits of the float32 scale (threshold / 127). A cache written
@@ -31,20 +31,19 @@ def entropy_threshold(histogram, bin_width, num_quantized_bins=NUM_QUANTIZED_BIN
     total_bins = len(histogram)
     if histogram.sum() == 0:
         return bin_width * total_bins
+    tails = np.concatenate([np.cumsum(histogram[::-1])[::-1], [0.0]])  # tails[i] = sum(histogram[i:])
     best_i, best_kl = total_bins, np.inf
     for i in range(num_quantized_bins, total_bins + 1):
         reference = histogram[:i].copy()
-        reference[i - 1] += histogram[i:].sum()
+        reference[i - 1] += tails[i]
         nonzero = reference != 0
-        # Merge the i bins into num_quantized_bins levels, then spread each level
-        # evenly over the non-empty bins it came from.
+        # Merge the i bins into num_quantized_bins levels (each at least one bin wide),
+        # then spread each level evenly over the non-empty bins it came from.
         edges = np.linspace(0, i, num_quantized_bins + 1).astype(np.int64)
-        candidate = np.zeros(i)
-        for start, stop in zip(edges[:-1], edges[1:]):
-            used = nonzero[start:stop]
-            count = used.sum()
-            if count:
-                candidate[start:stop][used] = histogram[:i][start:stop].sum() / count
+        sums = np.add.reduceat(histogram[:i], edges[:-1])
+        counts = np.add.reduceat(nonzero.astype(np.int64), edges[:-1])
+        levels = np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)
+        candidate = np.repeat(levels, np.diff(edges)) * nonzero
         if candidate.sum() == 0:
             continue
         p = reference / reference.sum()
@@ -63,33 +62,40 @@ def _smooth(q, needed, eps=1e-4):
 
 
 class HistogramCollector:
-    """Per-tensor |x| histograms over batches: observe_max(...) on every batch, then observe(...) again."""
+    """Per-tensor |x| histograms over batches, in one pass: observe(...) each batch, then scales().
+
+    A tensor's range starts at its first batch's max |x| and doubles whenever a
+    later batch exceeds it; doubling merges bin pairs exactly, so the result is
+    the histogram a first max-finding pass would have given over the final range.
+    """
 
     def __init__(self, num_bins=NUM_BINS):
+        if num_bins % 2:
+            raise ValueError("num_bins must be even")
         self.num_bins = num_bins
         self.max = {}
+        self.range = {}
         self.histograms = {}
-
-    def observe_max(self, tensors):
-        for name, values in tensors.items():
-            peak = float(np.abs(values).max()) if values.size else 0.0
-            self.max[name] = max(self.max.get(name, 0.0), peak)
 
     def observe(self, tensors):
         for name, values in tensors.items():
-            top = self.max.get(name)
-            if top is None:
-                raise RuntimeError(f"observe_max was not run for {name}")
-            counts, _ = np.histogram(np.abs(values), bins=self.num_bins, range=(0.0, top if top > 0 else 1.0))
-            self.histograms[name] = self.histograms.get(name, 0) + counts
+            magnitudes = np.abs(np.asarray(values, dtype=np.float32)).ravel()
+            peak = float(magnitudes.max()) if magnitudes.size else 0.0
+            self.max[name] = max(self.max.get(name, 0.0), peak)
+            if name not in self.range:
+                self.range[name] = peak if peak > 0 else 1.0
+                self.histograms[name] = np.zeros(self.num_bins, np.int64)
+            while peak > self.range[name]:
+                merged = self.histograms[name].reshape(-1, 2).sum(axis=1)
+                self.histograms[name] = np.concatenate([merged, np.zeros_like(merged)])
+                self.range[name] *= 2
+            counts, _ = np.histogram(magnitudes, bins=self.num_bins, range=(0.0, self.range[name]))
+            self.histograms[name] += counts
 
     def scales(self):
         """name -> INT8 scale (entropy threshold / 127)."""
-        out = {}
-        for name, histogram in self.histograms.items():
-            top = self.max[name] if self.max[name] > 0 else 1.0
-            out[name] = entropy_threshold(histogram, top / self.num_bins) / 127.0
-        return out
+        return {name: entropy_threshold(histogram, self.range[name] / self.num_bins) / 127.0
+                for name, histogram in self.histograms.items()}
 
 
 def float_to_hex(value):
