@@ -5,7 +5,8 @@
   clipping bin i >= 128, the reference distribution P (bins below i, with the
   clipped tail added to its last bin) is compared with Q, P quantized to 128
   levels and expanded back over P's non-empty bins; the i with the smallest
-  KL(P || Q) gives the threshold (i + 0.5) * bin width.
+  KL(P || Q) gives the threshold (i + 0.5) * bin width. Bin 0 counts as bin 1,
+  as in NVIDIA's pytorch-quantization, so ReLU zeros do not pull it down.
 - `HistogramCollector`: histograms of many tensors over many batches, in one
   pass (ranges widen by exact power-of-two bin merges).
 - The calibration cache is TensorRT's own text format: a header line
@@ -27,8 +28,14 @@ CACHE_HEADER = "TRT-{version}-EntropyCalibration2"
 
 def entropy_threshold(histogram, bin_width, num_quantized_bins=NUM_QUANTIZED_BINS):
     """The clipping threshold minimising KL divergence, for a histogram of |x| starting at 0."""
-    histogram = np.asarray(histogram, dtype=np.float64)
+    histogram = np.array(histogram, dtype=np.float64)
     total_bins = len(histogram)
+    if histogram.sum() == 0:
+        return bin_width * total_bins
+    # The zeros of a ReLU output (often half the tensor) sit in bin 0 and would
+    # dominate the divergence, favouring far too low a threshold; like NVIDIA's
+    # pytorch-quantization, weigh bin 0 as its neighbour.
+    histogram[0] = histogram[1]
     if histogram.sum() == 0:
         return bin_width * total_bins
     tails = np.concatenate([np.cumsum(histogram[::-1])[::-1], [0.0]])  # tails[i] = sum(histogram[i:])
