@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
 """Build a TensorRT engine (TensorRT 8.6, 10.x or 11.x) from an ONNX graph made by create_onnx.py.
 
-Precision: fp32, fp16 (the NMS plugin kept in FP32), and on TensorRT 8.6/10.x
-int8 and mixed (INT8 with the stem and blocks_0..2 at FP16) through TensorRT's
-entropy calibrator, fed with --calib_input images or an existing --calib_cache.
-On TensorRT 8.6/10.x FP16 is the builder flag; TensorRT 11.x builds only strongly
-typed networks, so the FP16 is written into the ONNX first, on the CPU
-(precision.py); INT8 on 11.x (explicit Q/DQ) is not available yet.
---save_onnx writes the graph that will be built; with --save_onnx and no
---engine, only that precision work runs (no TensorRT or GPU needed).
+Precision: fp32, fp16 (the NMS plugin kept in FP32), int8, and mixed (INT8
+with the stem and blocks_0..2 kept out of INT8), calibrated on --calib_input
+images or taken from an existing --calib_cache (TensorRT's text format, the same
+file on every version).
+
+TensorRT 8.6/10.x: builder flags and TensorRT's entropy calibrator. TensorRT
+11.x builds strongly typed networks only, so the precision is written into the
+ONNX first, on the CPU: a float16 graph (precision.py), or explicit Q/DQ with
+scales calibrated through ONNX Runtime (quantize.py). --save_onnx writes the
+graph that will be built; with --save_onnx and no --engine only that work runs
+(no TensorRT or GPU needed).
 """
 
 import argparse
@@ -43,12 +46,16 @@ def load_onnx(path):
                         "create_onnx.py") from None
 
 
-def graph_to_build(model, precision, fp16_in_onnx):
-    """The ONNX that TensorRT will parse: FP16 written in when the TensorRT version needs it."""
-    if precision == "fp16" and fp16_in_onnx:
-        import precision as precision_work
+def graph_to_build(model, args, batcher):
+    """The ONNX with its precision written in (FP16 conversion, or INT8 Q/DQ calibrated on the CPU)."""
+    if args.precision == "fp16":
+        import precision
 
-        return precision_work.to_fp16(model)
+        return precision.to_fp16(model)
+    if args.precision in ("int8", "mixed"):
+        import quantize
+
+        return quantize.to_int8(model, args.precision == "mixed", batcher, args.calib_cache)
     return model
 
 
@@ -85,10 +92,9 @@ def build(args, model, batcher):
     cuda_memory.require_gpu(cuda)  # before any TensorRT object: TensorRT without a GPU can crash
     trt = trt_adapter.import_tensorrt()
     log.info("TensorRT %s", trt.__version__)
-    if args.precision in ("int8", "mixed") and trt_builder.fp16_in_onnx():
-        raise UserError(f"--precision {args.precision} on TensorRT {trt.__version__} needs explicit Q/DQ "
-                        "quantization, which build_engine.py does not do yet; use fp16, or TensorRT 8.6/10.x")
-    model = graph_to_build(model, args.precision, trt_builder.fp16_in_onnx())
+    in_onnx = trt_builder.precision_in_onnx()
+    if in_onnx:
+        model = graph_to_build(model, args, batcher)
     if args.save_onnx:
         write_bytes_atomic(args.save_onnx, model.SerializeToString())
     logger = trt_adapter.make_logger(args.verbose)
@@ -99,9 +105,9 @@ def build(args, model, batcher):
     trt_builder.check_plugins(network, args.onnx)
     batch_range = args.dynamic_batch_size or (args.batch_size,) * 3
     config = trt_builder.configure(builder, network, args.workspace, batch_range)
-    if args.precision == "fp16" and not trt_builder.fp16_in_onnx():
+    if args.precision == "fp16" and not in_onnx:
         trt_builder.enable_fp16_with_fp32_nms(config, network)
-    if args.precision in ("int8", "mixed"):
+    if args.precision in ("int8", "mixed") and not in_onnx:
         calibrator = trt_builder.make_entropy_calibrator(batcher, args.calib_cache, cuda)
         trt_builder.enable_int8(builder, config, network, calibrator, args.calib_batch_size,
                                 args.precision == "mixed")
@@ -120,7 +126,7 @@ def main(argv=None):
     parser.add_argument("-o", "--onnx", required=True, help="ONNX graph from create_onnx.py")
     parser.add_argument("-e", "--engine", help="engine file to write")
     parser.add_argument("-p", "--precision", default="fp16", choices=["fp32", "fp16", "int8", "mixed"],
-                        help="engine precision (int8/mixed: TensorRT 8.6/10.x)")
+                        help="engine precision")
     parser.add_argument("--calib_input", help="folder of calibration images (int8/mixed)")
     parser.add_argument("--calib_cache", help="calibration cache: reused if it exists (no images read), written "
                         "after calibration otherwise")
@@ -132,8 +138,8 @@ def main(argv=None):
                         help="batch range of a dynamic-batch engine")
     parser.add_argument("-w", "--workspace", type=float, default=8, help="builder workspace limit, GiB")
     parser.add_argument("--timing_cache", help="timing cache file: read if it exists, written after the build")
-    parser.add_argument("--save_onnx", help="also write the ONNX graph that is built (with --precision fp16 on "
-                        "TensorRT 11.x, or without --engine: the FP16 ONNX)")
+    parser.add_argument("--save_onnx", help="write the ONNX with its precision written in (FP16 graph or INT8 "
+                        "Q/DQ graph), as TensorRT 11.x builds it; without --engine, only this is done")
     parser.add_argument("-v", "--verbose", action="store_true", help="verbose TensorRT log")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
@@ -142,11 +148,9 @@ def main(argv=None):
     if args.batch_size < 1:
         raise UserError("--batch_size must be at least 1")
     model = load_onnx(args.onnx)
-    batcher = check_calibration(args, model) if args.engine else None
+    batcher = check_calibration(args, model)
     if not args.engine:
-        if args.precision in ("int8", "mixed"):
-            raise UserError("--save_onnx without --engine writes FP16 graphs only; INT8 Q/DQ graphs are not made yet")
-        write_bytes_atomic(args.save_onnx, graph_to_build(model, args.precision, True).SerializeToString())
+        write_bytes_atomic(args.save_onnx, graph_to_build(model, args, batcher).SerializeToString())
         log.info("wrote the %s graph to %s (no engine built)", args.precision, args.save_onnx)
         return 0
     build(args, model, batcher)

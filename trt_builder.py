@@ -8,7 +8,9 @@ Every builder difference between TensorRT 8.6, 10.x and 11.x is here (NVIDIA's
   was removed in 10.0);
 - build: build_serialized_network on every version (build_engine removed in 10.0);
 - FP16: BuilderFlag.FP16 on 8.6/10.x, with the NMS plugin layer pinned to FP32;
-  11.x removed the flag: the FP16 must already be in the ONNX (precision.to_fp16).
+  11.x removed the flag: the FP16 must already be in the ONNX (precision.to_fp16);
+- INT8: IInt8EntropyCalibrator2 and the INT8 flag on 8.6/10.x; 11.x removed both:
+  the ONNX must carry explicit Q/DQ (quantize.to_int8).
 Checked statically against the TensorRT 10.13 stubs (the lean 11.x package has
 no builder to generate stubs from).
 """
@@ -18,6 +20,7 @@ import os
 from typing import TYPE_CHECKING
 
 from common import UserError
+from quantize import MIXED_KEPT_SCOPES
 from trt_adapter import dims_tuple, import_tensorrt
 
 if TYPE_CHECKING:
@@ -32,8 +35,8 @@ def major_version():
     return int(import_tensorrt().__version__.split(".")[0])
 
 
-def fp16_in_onnx():
-    """True when FP16 must be written into the ONNX (TensorRT 11.x: strongly typed only)."""
+def precision_in_onnx():
+    """True when FP16/INT8 must be written into the ONNX (TensorRT 11.x: strongly typed networks only)."""
     return major_version() >= 11
 
 
@@ -122,9 +125,6 @@ def build_serialized(builder: "tensorrt.Builder", network: "tensorrt.INetworkDef
     return bytes(memoryview(data))
 
 
-# Layers kept at FP16 in "mixed" precision (the rest may run INT8): the stem and the first three
-# EfficientNet blocks, which lose the most accuracy when quantized.
-MIXED_FP16_SCOPES = ("/stem/", "blocks_0/", "blocks_1/", "blocks_2/")
 
 
 def make_entropy_calibrator(batcher, cache_path, cuda):
@@ -197,7 +197,7 @@ def enable_int8(builder: "tensorrt.Builder", config: "tensorrt.IBuilderConfig",
         kept = 0
         for index in range(network.num_layers):
             layer = network.get_layer(index)
-            if any(scope in layer.name for scope in MIXED_FP16_SCOPES):
+            if any(scope in layer.name for scope in MIXED_KEPT_SCOPES):
                 layer.precision = trt.float16
                 kept += 1
         log.info("mixed precision: %d stem and blocks_0..2 layers kept at FP16", kept)

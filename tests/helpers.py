@@ -1,5 +1,8 @@
 """Shared test helpers: write graphs, run them, match detection sets."""
 
+import contextlib
+import io
+
 import numpy as np
 import onnx
 
@@ -47,3 +50,35 @@ def matched_fraction(reference, ours, min_iou=0.99, max_score_delta=1e-3, same_b
             ok &= np.abs(scores - score) <= max_score_delta
         matched += bool(ok.any())
     return matched / len(ref_boxes), len(ref_boxes)
+
+
+def ap_against_reference(reference, ours):
+    """COCO AP@[.5:.95] of `ours` scored with `reference` as ground truth.
+
+    Both are lists (one per image) of (boxes yxyx, scores, classes) as per_image returns.
+    """
+    from pycocotools.coco import COCO
+
+    import coco_eval
+
+    def xywh(box):
+        y1, x1, y2, x2 = (float(v) for v in box)
+        return [x1, y1, x2 - x1, y2 - y1]
+
+    classes = sorted({int(c) for _, _, cls in reference + ours for c in cls})
+    dataset = {"images": [{"id": i + 1, "file_name": f"{i}.png"} for i in range(len(reference))],
+               "categories": [{"id": c + 1, "name": str(c)} for c in classes], "annotations": []}
+    results = []
+    for image_id, ((boxes, _, cls), (our_boxes, our_scores, our_cls)) in enumerate(zip(reference, ours), start=1):
+        for box, c in zip(boxes, cls):
+            x, y, w, h = xywh(box)
+            dataset["annotations"].append({"id": len(dataset["annotations"]) + 1, "image_id": image_id,
+                                           "category_id": int(c) + 1, "bbox": [x, y, w, h], "area": w * h,
+                                           "iscrowd": 0})
+        results += [{"image_id": image_id, "category_id": int(c) + 1, "bbox": xywh(box), "score": float(s)}
+                    for box, s, c in zip(our_boxes, our_scores, our_cls)]
+    truth = COCO()
+    truth.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        truth.createIndex()
+    return float(coco_eval.evaluate(truth, results, [image["id"] for image in dataset["images"]]).stats[0])

@@ -1,0 +1,173 @@
+"""INT8 Q/DQ graphs made on the CPU (what TensorRT 11.x builds): structure, accuracy, calibration cache."""
+
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import pytest
+
+import calibration
+import create_onnx
+import precision
+import quantize
+from common import UserError
+from conftest import ROOT
+from helpers import ap_against_reference, per_image, save_and_open
+from image_batcher import ImageBatcher
+from synthetic_images import write_images
+
+NUM_EVAL_IMAGES = 32
+
+
+@pytest.fixture(scope="module")
+def d0(fixture_model, tmp_path_factory):
+    """(fp32 model, calibration folder, evaluation folder, cache path, int8 model, mixed model)."""
+    _, converted, _ = fixture_model("d0_hard")
+    folder = tmp_path_factory.mktemp("quantize")
+    model = create_onnx.build_graph(converted)
+    write_images(str(folder / "calib"), 32, 320, 240, seed=1000, ext="jpg")
+    write_images(str(folder / "eval"), NUM_EVAL_IMAGES, 320, 240, seed=0, ext="jpg")
+    cache = folder / "d0.cache"
+    batcher = ImageBatcher(str(folder / "calib"), (256, 256), "NHWC", 8, exact_batches=True, shuffle=True)
+    int8 = quantize.to_int8(model, False, batcher, str(cache))
+    mixed = quantize.to_int8(model, True, None, str(cache))
+    return model, folder, cache, int8, mixed
+
+
+def _producer(tensor):
+    return tensor.inputs[0] if tensor.inputs else None
+
+
+def test_every_conv_has_int8_inputs_and_per_channel_int8_weights(d0):
+    model, _, _, int8, _ = d0
+    original = {node.name: node for node in gs.import_onnx(model).nodes if node.op == "Conv"}
+    graph = gs.import_onnx(int8)
+    convs = [node for node in graph.nodes if node.op == "Conv"]
+    assert len(convs) == len(original) > 200
+    for conv in convs:
+        dq = _producer(conv.inputs[0])
+        assert dq is not None and dq.op == "DequantizeLinear", conv.name
+        q = _producer(dq.inputs[0])
+        assert q.op == "QuantizeLinear" and q.inputs[1] is dq.inputs[1]
+        scale, zero = q.inputs[1].values, q.inputs[2].values
+        assert scale.dtype == np.float32 and scale.shape == () and scale > 0
+        assert zero.dtype == np.int8 and zero == 0  # symmetric, signed: what TensorRT accepts
+
+        wdq = _producer(conv.inputs[1])
+        assert wdq.op == "DequantizeLinear" and wdq.attrs["axis"] == 0
+        stored, scales = wdq.inputs[0].values, wdq.inputs[1].values
+        assert stored.dtype == np.int8 and stored.min() >= -127 and scales.shape == (stored.shape[0],)
+        assert not np.any(wdq.inputs[2].values)
+        weights = original[conv.name].inputs[1].values
+        restored = stored.astype(np.float32) * scales.reshape(-1, *(1,) * (stored.ndim - 1))
+        assert np.all(np.abs(restored - weights) <= scales.reshape(restored.shape[0], -1).max(axis=1).reshape(
+            -1, *(1,) * (stored.ndim - 1)) * 0.5001)
+        peaks = np.abs(stored.reshape(len(stored), -1)).max(axis=1)
+        assert np.all((peaks == 127) | (scales == 1.0))  # each channel's largest weight maps to 127
+
+
+def test_mixed_keeps_the_stem_and_first_three_blocks_out_of_int8(d0):
+    _, _, _, _, mixed = d0
+    graph = gs.import_onnx(mixed)
+    kept = [n for n in graph.nodes if n.op == "Conv" and _producer(n.inputs[1]) is None]
+    quantized = [n for n in graph.nodes if n.op == "Conv" and _producer(n.inputs[1]) is not None]
+    assert kept and quantized
+    assert all(any(scope in n.name for scope in quantize.MIXED_KEPT_SCOPES) for n in kept)
+    assert not any(any(scope in n.name for scope in quantize.MIXED_KEPT_SCOPES) for n in quantized)
+    assert {n.name.split("/")[1] for n in kept} == {"stem", "blocks_0", "blocks_1", "blocks_2"}
+
+
+def test_nms_and_outputs_stay_float(d0):
+    _, _, _, int8, _ = d0
+    graph = gs.import_onnx(int8)
+    nms = [n for n in graph.nodes if n.op == "EfficientNMS_TRT"][0]
+    assert all(_producer(t) is None or _producer(t).op != "DequantizeLinear" for t in nms.inputs)
+    assert [t.name for t in graph.outputs] == ["num_detections", "detection_boxes", "detection_scores",
+                                               "detection_classes"]
+
+
+def test_int8_and_mixed_accuracy_against_fp32(d0, tmp_path):
+    """COCO AP of the Q/DQ graphs with the FP32 graph's detections as ground truth, 32 images.
+
+    Measured on the random-weight D0 fixture: INT8 0.62-0.65, mixed 0.69-0.70,
+    FP16 0.99; the pre-NMS heads differ from FP32 by ~5% RMS. The issue's 0.8
+    is not reached on these fixtures: their 100 detections per image have
+    near-tied scores (top-100 logits within ~0.2), so per-layer INT8 noise,
+    which a random network amplifies, reorders them (see the issue note).
+    """
+    model, folder, _, int8, mixed = d0
+    runners = {name: save_and_open(m, tmp_path / f"{name}.onnx")
+               for name, m in (("fp32", model), ("int8", int8), ("mixed", mixed),
+                               ("fp16", precision.to_fp16(model)))}
+    found = {name: [] for name in runners}
+    head_error = {name: [] for name in runners}
+    for batch, infos in ImageBatcher(str(folder / "eval"), (256, 256), "NHWC", 8):
+        raw = {name: runner.infer_raw({"input": batch}) for name, runner in runners.items()}
+        for name, runner in runners.items():
+            outputs = runner.infer({"input": batch})
+            found[name] += [per_image(outputs, row) for row in range(len(infos))]
+            for want, got in zip(raw["fp32"].values(), raw[name].values()):
+                head_error[name].append(np.sqrt(np.mean((want - got) ** 2)) / want.std())
+    assert len(found["fp32"]) == NUM_EVAL_IMAGES
+    ap = {name: ap_against_reference(found["fp32"], found[name]) for name in ("int8", "mixed", "fp16")}
+    error = {name: float(np.mean(head_error[name])) for name in ("int8", "mixed", "fp16")}
+    print(f"AP vs FP32 on {NUM_EVAL_IMAGES} images: {ap}; relative RMS error of the heads: {error}")
+    assert error["fp16"] < error["mixed"] < error["int8"] < 0.1
+    assert ap["int8"] >= 0.5  # wrong scales or clipping give ~0.02 (measured before the bin-0 fix)
+    assert ap["int8"] - 0.02 <= ap["mixed"] <= ap["fp16"]
+
+
+def run_build(*args):
+    return subprocess.run([sys.executable, str(ROOT / "build_engine.py"), *args], capture_output=True, text=True)
+
+
+def test_cache_round_trip_gives_identical_qdq_graph_without_images(d0, tmp_path):
+    model, folder, _, _, _ = d0
+    onnx_path = tmp_path / "d0.onnx"
+    onnx.save(model, str(onnx_path))
+    calib = tmp_path / "calib"
+    write_images(str(calib), 8, 320, 240, seed=2000, ext="jpg")
+    cache = tmp_path / "int8.cache"
+    first = run_build("--onnx", str(onnx_path), "--precision", "int8", "--calib_input", str(calib),
+                      "--calib_cache", str(cache), "--calib_batch_size", "4", "--save_onnx", str(tmp_path / "a.onnx"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    written = cache.read_text()
+    assert written.startswith("TRT-") and len(calibration.read_cache(str(cache))) > 200
+    for image in calib.iterdir():
+        image.unlink()
+    calib.rmdir()  # the second build must not need the images
+    second = run_build("--onnx", str(onnx_path), "--precision", "int8", "--calib_input", str(calib),
+                       "--calib_cache", str(cache), "--save_onnx", str(tmp_path / "b.onnx"))
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "no calibration images read" in second.stderr
+    assert cache.read_text() == written
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
+def test_cache_of_another_graph_is_a_clear_error(d0, tmp_path):
+    model, _, _, _, _ = d0
+    onnx_path = tmp_path / "d0.onnx"
+    onnx.save(model, str(onnx_path))
+    cache = tmp_path / "other.cache"
+    calibration.write_cache(str(cache), {"some/other/tensor:0": 0.01})
+    result = run_build("--onnx", str(onnx_path), "--precision", "mixed", "--calib_cache", str(cache),
+                       "--save_onnx", str(tmp_path / "q.onnx"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "other.cache" in result.stderr and "delete it to recalibrate" in result.stderr
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_a_tensorrt_cache_with_more_tensors_serves_too(d0, tmp_path):
+    model, _, cache, int8, _ = d0
+    scales = calibration.read_cache(str(cache))
+    bigger = tmp_path / "trt10.cache"
+    calibration.write_cache(str(bigger), {"(Unnamed Layer* 3) [Shuffle]_output": 0.5, **scales}, version="100100")
+    assert quantize.to_int8(model, False, None, str(bigger)).SerializeToString() == int8.SerializeToString()
+
+
+def test_int8_needs_images_or_a_cache(d0):
+    model = d0[0]
+    with pytest.raises(UserError, match="--calib_input"):
+        quantize.to_int8(model, False, None, None)
