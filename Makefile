@@ -42,6 +42,7 @@ benchmark: install
 	$(PY) benchmarks/bench_create_onnx.py
 	$(PY) benchmarks/bench_image_batcher.py
 	$(PY) benchmarks/bench_coco_eval.py
+	$(PY) benchmarks/bench_calibration.py
 
 clean:
 	rm -rf $(DEMO) .cache

@@ -18,6 +18,7 @@ DequantizeLinear pairs. `to_int8` makes them without TensorRT or a GPU:
 
 import logging
 import os
+import time
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -52,8 +53,12 @@ def activation_names(model):
     return names
 
 
-def calibrate(model, batcher, names):
-    """name -> INT8 scale of each tensor in `names`, from the batches of `batcher`, in ONNX Runtime."""
+def calibrate(model, batcher, names, timings=None):
+    """name -> INT8 scale of each tensor in `names`, from the batches of `batcher`, in ONNX Runtime.
+
+    `timings`, if given, receives the seconds spent reading images, running the
+    network, histogramming and searching thresholds, and the image count.
+    """
     import onnxruntime as ort
 
     graph = gs.import_onnx(model)
@@ -71,17 +76,30 @@ def calibrate(model, batcher, names):
                                    providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
     collector = calibration.HistogramCollector()
+    spent = dict.fromkeys(("images", "network", "histograms", "thresholds"), 0.0)
     seen = 0
+    clock = time.perf_counter()
     with tqdm(total=len(batcher.files), unit="img", desc="calibrate", disable=None) as progress:
         for batch, infos in batcher:
+            spent["images"] += time.perf_counter() - clock
+            clock = time.perf_counter()
             values = session.run(names, {input_name: batch})
+            spent["network"] += time.perf_counter() - clock
+            clock = time.perf_counter()
             collector.observe(dict(zip(names, values)))
+            spent["histograms"] += time.perf_counter() - clock
             seen += len(infos)
             progress.update(len(infos))
+            clock = time.perf_counter()
     if not seen:
         raise UserError("no calibration image could be read")
-    log.info("calibrated %d activation tensors on %d images", len(names), seen)
-    return {name: float(np.float32(scale)) for name, scale in collector.scales().items()}
+    clock = time.perf_counter()
+    scales = {name: float(np.float32(scale)) for name, scale in collector.scales().items()}
+    spent["thresholds"] = time.perf_counter() - clock
+    log.info("calibrated %d activation tensors on %d images in %.1f s", len(names), seen, sum(spent.values()))
+    if timings is not None:
+        timings.update(spent, count=seen)
+    return scales
 
 
 def scales_from_cache(path, names):
