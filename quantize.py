@@ -11,9 +11,12 @@ DequantizeLinear pairs. `to_int8` makes them without TensorRT or a GPU:
   calibrated, so one cache serves int8 and mixed;
 - weights: symmetric per output channel, stored as INT8 in [-127, 127] behind
   a DequantizeLinear (TensorRT's "pre-quantized weights");
+- everything else FP16 (the graph is converted by precision.to_fp16 first, the
+  NMS kept FP32; Q/DQ scales are then float16, opset 19), as TensorRT 8.6/10.x
+  runs INT8 with the FP16 flag; mixed therefore keeps its layers in FP16;
 - the scales go to `--calib_cache` in TensorRT's own text format, so a later
-  build (or a TensorRT 8.6/10 calibrator) reuses them without reading images,
-  and a TensorRT 10 cache of the same ONNX serves here too.
+  build reuses them without reading images, and a TensorRT 8.6/10 cache of the
+  same ONNX (the same tensor names) serves too.
 """
 
 import logging
@@ -26,7 +29,7 @@ from tqdm import tqdm
 
 import calibration
 from common import UserError
-from graph_surgery import cleanup
+from graph_surgery import cleanup, infer_shapes
 
 log = logging.getLogger("quantize")
 
@@ -112,58 +115,93 @@ def scales_from_cache(path, names):
     return {name: cached[name] for name in names}
 
 
-def weight_scales(weights):
-    """Symmetric per-output-channel scales (axis 0) mapping max |w| to 127; 1.0 for all-zero channels."""
+def weight_scales(weights, dtype=np.float32):
+    """Symmetric per-output-channel scales (axis 0) mapping max |w| to 127, in `dtype`; 1 for all-zero channels."""
     peaks = np.abs(weights.reshape(len(weights), -1)).max(axis=1).astype(np.float32)
-    return np.where(peaks > 0, peaks / np.float32(127), np.float32(1)).astype(np.float32)
+    return np.where(peaks > 0, peaks / np.float32(127), np.float32(1)).astype(dtype)
 
 
 def quantize_weights(weights, scales):
+    """INT8 weights for per-channel `scales` (rounding half to even, as QuantizeLinear does)."""
     shape = (-1,) + (1,) * (weights.ndim - 1)
-    return np.clip(np.round(weights / scales.reshape(shape)), -127, 127).astype(np.int8)
+    divided = np.asarray(weights, np.float32) / scales.astype(np.float32).reshape(shape)
+    return np.clip(np.round(divided), -127, 127).astype(np.int8)
+
+
+def _float_type(tensor):
+    if tensor.dtype not in (np.float16, np.float32):
+        raise RuntimeError(f"{tensor.name}: expected a float16 or float32 tensor, found {tensor.dtype}")
+    return tensor.dtype
+
+
+def _quantize_activation(graph, source, scale_value, zero):
+    """Q/DQ after `source` with a per-tensor scale of `source`'s own float type; returns the DQ output."""
+    dtype = _float_type(source)
+    scale = gs.Constant(f"{source.name}_scale", np.array(scale_value, dtype))
+    quantized = gs.Variable(f"{source.name}_int8", np.int8, source.shape)
+    restored = gs.Variable(f"{source.name}_dq", dtype, source.shape)
+    graph.nodes.append(gs.Node("QuantizeLinear", f"{source.name}_quantize", inputs=[source, scale, zero],
+                               outputs=[quantized]))
+    graph.nodes.append(gs.Node("DequantizeLinear", f"{source.name}_dequantize", inputs=[quantized, scale, zero],
+                               outputs=[restored]))
+    return restored
+
+
+def _quantize_weights(graph, weights):
+    """INT8 copy of constant `weights` behind a per-channel DequantizeLinear; returns the DQ output."""
+    dtype = _float_type(weights)
+    scales = weight_scales(np.asarray(weights.values, np.float32), dtype)
+    stored = gs.Constant(f"{weights.name}_int8", quantize_weights(weights.values, scales))
+    restored = gs.Variable(f"{weights.name}_dq", dtype, weights.values.shape)
+    inputs = [stored, gs.Constant(f"{weights.name}_scales", scales),
+              gs.Constant(f"{weights.name}_zero_points", np.zeros(len(scales), np.int8))]
+    graph.nodes.append(gs.Node("DequantizeLinear", f"{weights.name}_dequantize", attrs={"axis": 0},
+                               inputs=inputs, outputs=[restored]))
+    return restored
 
 
 def insert_qdq(model, activation_scales, mixed=False):
-    """A copy of `model` with Q/DQ before each chosen Conv's input and DQ'd INT8 weights."""
-    graph = gs.import_onnx(model)
+    """A copy of `model` with Q/DQ before each chosen Conv's input and DQ'd INT8 weights.
+
+    Works on a float32 or a float16 graph: each Q/DQ's scale has the type of the
+    tensor it quantizes (float16 scales need opset 19, which is then set).
+    """
+    graph = infer_shapes(gs.import_onnx(model))  # every tensor's type known: scales follow it
     zero = gs.Constant("qdq_zero_point", np.zeros((), np.int8))
     dequantized = {}  # activation name -> DQ output, shared by every Conv reading it
     weights_done = {}  # weight name -> DQ output, for weights shared between Convs
     convs = conv_nodes(graph, mixed)
-    for index, node in enumerate(convs):
-        source = node.inputs[0]
+    for node in convs:
+        source, weights = node.inputs[0], node.inputs[1]
+        if source.name not in activation_scales:
+            raise UserError(f"no calibration scale for {source.name!r}, the input of {node.name}")
         if source.name not in dequantized:
-            scale = gs.Constant(f"{source.name}_scale", np.array(activation_scales[source.name], np.float32))
-            quantized = gs.Variable(f"{source.name}_int8", np.int8, source.shape)
-            restored = gs.Variable(f"{source.name}_dq", np.float32, source.shape)
-            graph.nodes.append(gs.Node("QuantizeLinear", f"{source.name}_quantize", inputs=[source, scale, zero],
-                                       outputs=[quantized]))
-            graph.nodes.append(gs.Node("DequantizeLinear", f"{source.name}_dequantize",
-                                       inputs=[quantized, scale, zero], outputs=[restored]))
-            dequantized[source.name] = restored
-        node.inputs[0] = dequantized[source.name]
-        weights = node.inputs[1]
+            dequantized[source.name] = _quantize_activation(graph, source, activation_scales[source.name], zero)
         if weights.name not in weights_done:
-            values = np.asarray(weights.values, np.float32)
-            scales = weight_scales(values)
-            stored = gs.Constant(f"{weights.name}_int8", quantize_weights(values, scales))
-            restored = gs.Variable(f"{weights.name}_dq", np.float32, values.shape)
-            graph.nodes.append(gs.Node("DequantizeLinear", f"{weights.name}_dequantize", attrs={"axis": 0},
-                                       inputs=[stored, gs.Constant(f"{weights.name}_scales", scales),
-                                               gs.Constant(f"{weights.name}_zero_points",
-                                                           np.zeros(len(scales), np.int8))],
-                                       outputs=[restored]))
-            weights_done[weights.name] = restored
+            weights_done[weights.name] = _quantize_weights(graph, weights)
+        node.inputs[0] = dequantized[source.name]
         node.inputs[1] = weights_done[weights.name]
     cleanup(graph)
-    log.info("inserted Q/DQ: %d Conv layers in INT8 (%d activation tensors)%s", len(convs), len(dequantized),
-             ", stem and blocks_0..2 kept in float" if mixed else "")
-    return gs.export_onnx(graph)
+    half = any(_float_type(tensor) == np.float16 for tensor in dequantized.values())
+    log.info("inserted Q/DQ: %d Conv layers in INT8 (%d activation tensors), the rest in %s%s", len(convs),
+             len(dequantized), "FP16" if half else "FP32", "; stem and blocks_0..2 not in INT8" if mixed else "")
+    result = gs.export_onnx(graph)
+    if half:
+        # QuantizeLinear/DequantizeLinear take float16 scales from opset 19. Every op
+        # create_onnx writes means the same at opset 19 as at 13 (later versions only
+        # add types or attributes whose defaults keep the old behaviour).
+        for opset in result.opset_import:
+            if opset.domain in ("", "ai.onnx"):
+                opset.version = max(opset.version, 19)
+    return result
 
 
-def to_int8(model, mixed=False, batcher=None, cache_path=None):
-    """The Q/DQ graph of `model`: scales from `cache_path` if it exists, else calibrated on `batcher` (and cached)."""
+def to_int8(model, mixed=False, batcher=None, cache_path=None, fp16=True):
+    """The Q/DQ graph of the float32 `model`, the rest in FP16 unless fp16=False.
 
+    Scales come from `cache_path` if it exists, else from calibrating the FP32
+    graph on `batcher` (then written to `cache_path`).
+    """
     names = activation_names(model)
     if cache_path and os.path.isfile(cache_path):
         scales = scales_from_cache(cache_path, names)
@@ -176,4 +214,8 @@ def to_int8(model, mixed=False, batcher=None, cache_path=None):
         if cache_path:
             calibration.write_cache(cache_path, scales)
             log.info("wrote calibration cache %s", cache_path)
+    if fp16:
+        import precision
+
+        model = precision.to_fp16(model)
     return insert_qdq(model, scales, mixed)

@@ -40,9 +40,15 @@ def _producer(tensor):
     return tensor.inputs[0] if tensor.inputs else None
 
 
-def test_every_conv_has_int8_inputs_and_per_channel_int8_weights(d0):
-    model, _, _, int8, _ = d0
-    original = {node.name: node for node in gs.import_onnx(model).nodes if node.op == "Conv"}
+@pytest.mark.parametrize("half", [True, False])
+def test_every_conv_has_int8_inputs_and_per_channel_int8_weights(d0, half):
+    model, _, cache, int8, _ = d0
+    if not half:
+        int8 = quantize.to_int8(model, False, None, str(cache), fp16=False)
+    float_type = np.float16 if half else np.float32
+    base = precision.to_fp16(model) if half else model
+    original = {node.name: node for node in gs.import_onnx(base).nodes if node.op == "Conv"}
+    assert {o.domain: o.version for o in int8.opset_import}[""] == (19 if half else 13)
     graph = gs.import_onnx(int8)
     convs = [node for node in graph.nodes if node.op == "Conv"]
     assert len(convs) == len(original) > 200
@@ -52,20 +58,20 @@ def test_every_conv_has_int8_inputs_and_per_channel_int8_weights(d0):
         q = _producer(dq.inputs[0])
         assert q.op == "QuantizeLinear" and q.inputs[1] is dq.inputs[1]
         scale, zero = q.inputs[1].values, q.inputs[2].values
-        assert scale.dtype == np.float32 and scale.shape == () and scale > 0
+        assert scale.dtype == float_type and scale.shape == () and scale > 0
         assert zero.dtype == np.int8 and zero == 0  # symmetric, signed: what TensorRT accepts
 
         wdq = _producer(conv.inputs[1])
         assert wdq.op == "DequantizeLinear" and wdq.attrs["axis"] == 0
         stored, scales = wdq.inputs[0].values, wdq.inputs[1].values
         assert stored.dtype == np.int8 and stored.min() >= -127 and scales.shape == (stored.shape[0],)
-        assert not np.any(wdq.inputs[2].values)
-        weights = original[conv.name].inputs[1].values
-        restored = stored.astype(np.float32) * scales.reshape(-1, *(1,) * (stored.ndim - 1))
-        assert np.all(np.abs(restored - weights) <= scales.reshape(restored.shape[0], -1).max(axis=1).reshape(
-            -1, *(1,) * (stored.ndim - 1)) * 0.5001)
+        assert scales.dtype == float_type and not np.any(wdq.inputs[2].values)
+        shape = (-1,) + (1,) * (stored.ndim - 1)
+        weights = original[conv.name].inputs[1].values.astype(np.float32)
+        restored = stored.astype(np.float32) * scales.astype(np.float32).reshape(shape)
+        assert np.all(np.abs(restored - weights) <= scales.astype(np.float32).reshape(shape) * 0.5001)
         peaks = np.abs(stored.reshape(len(stored), -1)).max(axis=1)
-        assert np.all((peaks == 127) | (scales == 1.0))  # each channel's largest weight maps to 127
+        assert np.all(peaks >= 126)  # each channel's largest weight maps to ~127 (±1 for the scale's rounding)
 
 
 def test_mixed_keeps_the_stem_and_first_three_blocks_out_of_int8(d0):
@@ -84,6 +90,7 @@ def test_nms_and_outputs_stay_float(d0):
     graph = gs.import_onnx(int8)
     nms = [n for n in graph.nodes if n.op == "EfficientNMS_TRT"][0]
     assert all(_producer(t) is None or _producer(t).op != "DequantizeLinear" for t in nms.inputs)
+    assert all(t.dtype == np.float32 for t in nms.inputs)
     assert [t.name for t in graph.outputs] == ["num_detections", "detection_boxes", "detection_scores",
                                                "detection_classes"]
 
@@ -91,8 +98,8 @@ def test_nms_and_outputs_stay_float(d0):
 def test_int8_and_mixed_accuracy_against_fp32(d0, tmp_path):
     """COCO AP of the Q/DQ graphs with the FP32 graph's detections as ground truth, 32 images.
 
-    Measured on the random-weight D0 fixture: INT8 0.62-0.65, mixed 0.69-0.70,
-    FP16 0.99; the pre-NMS heads differ from FP32 by ~5% RMS. The issue's 0.8
+    Measured on the random-weight D0 fixture (the rest in FP16): INT8 0.59, mixed
+    0.68, FP16 0.99; the pre-NMS heads differ from FP32 by ~5% RMS. The issue's 0.8
     is not reached on these fixtures: their 100 detections per image have
     near-tied scores (top-100 logits within ~0.2), so per-layer INT8 noise,
     which a random network amplifies, reorders them (see the issue note).
