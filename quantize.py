@@ -115,10 +115,15 @@ def scales_from_cache(path, names):
     return {name: cached[name] for name in names}
 
 
+def as_scale(values, dtype):
+    """Scales in `dtype`, at least its smallest normal number (a float16 scale must not round to zero)."""
+    return np.array(np.maximum(np.asarray(values, np.float32), np.finfo(dtype).tiny), dtype=dtype)
+
+
 def weight_scales(weights, dtype=np.float32):
     """Symmetric per-output-channel scales (axis 0) mapping max |w| to 127, in `dtype`; 1 for all-zero channels."""
     peaks = np.abs(weights.reshape(len(weights), -1)).max(axis=1).astype(np.float32)
-    return np.where(peaks > 0, peaks / np.float32(127), np.float32(1)).astype(dtype)
+    return as_scale(np.where(peaks > 0, peaks / np.float32(127), np.float32(1)), dtype)
 
 
 def quantize_weights(weights, scales):
@@ -137,7 +142,7 @@ def _float_type(tensor):
 def _quantize_activation(graph, source, scale_value, zero):
     """Q/DQ after `source` with a per-tensor scale of `source`'s own float type; returns the DQ output."""
     dtype = _float_type(source)
-    scale = gs.Constant(f"{source.name}_scale", np.array(scale_value, dtype))
+    scale = gs.Constant(f"{source.name}_scale", as_scale(scale_value, dtype))
     quantized = gs.Variable(f"{source.name}_int8", np.int8, source.shape)
     restored = gs.Variable(f"{source.name}_dq", dtype, source.shape)
     graph.nodes.append(gs.Node("QuantizeLinear", f"{source.name}_quantize", inputs=[source, scale, zero],
@@ -202,7 +207,13 @@ def to_int8(model, mixed=False, batcher=None, cache_path=None, fp16=True):
     Scales come from `cache_path` if it exists, else from calibrating the FP32
     graph on `batcher` (then written to `cache_path`).
     """
+    if any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in model.graph.node):
+        raise UserError("the ONNX already has QuantizeLinear/DequantizeLinear nodes; give build_engine.py the FP32 "
+                        "graph from create_onnx.py")
     names = activation_names(model)
+    if not names:
+        raise UserError("the ONNX has no Conv layer with constant weights to quantize; give build_engine.py the "
+                        "FP32 graph from create_onnx.py")
     if cache_path and os.path.isfile(cache_path):
         scales = scales_from_cache(cache_path, names)
         log.info("activation scales read from %s (no calibration images read)", cache_path)

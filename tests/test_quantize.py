@@ -178,3 +178,18 @@ def test_int8_needs_images_or_a_cache(d0):
     model = d0[0]
     with pytest.raises(UserError, match="--calib_input"):
         quantize.to_int8(model, False, None, None)
+
+
+def test_an_already_quantized_graph_is_refused(d0):
+    with pytest.raises(UserError, match="already has QuantizeLinear"):
+        quantize.to_int8(d0[3], False, None, str(d0[2]))
+
+
+def test_float16_scales_never_round_to_zero():
+    weights = np.zeros((3, 2, 1, 1), np.float32)
+    weights[0] = 1e-9  # far below float16's smallest number
+    weights[1] = 0.5
+    scales = quantize.weight_scales(weights, np.float16)
+    assert scales.dtype == np.float16 and np.all(scales > 0)
+    stored = quantize.quantize_weights(weights, scales)
+    assert stored[1].max() == 127 and stored[0].max() == 0 and scales[2] == 1
