@@ -108,6 +108,7 @@ def build(args, model, batcher):
     if args.precision == "fp16" and not in_onnx:
         trt_builder.enable_fp16_with_fp32_nms(config, network)
     if args.precision in ("int8", "mixed") and not in_onnx:
+        trt_builder.warn_if_partial_cache(network, args.calib_cache)
         calibrator = trt_builder.make_entropy_calibrator(batcher, args.calib_cache, cuda)
         trt_builder.enable_int8(builder, config, network, calibrator, args.calib_batch_size,
                                 args.precision == "mixed")

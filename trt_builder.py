@@ -179,6 +179,24 @@ def make_entropy_calibrator(batcher, cache_path, cuda):
     return EntropyCalibrator()
 
 
+def warn_if_partial_cache(network: "tensorrt.INetworkDefinition", cache_path):
+    """Warn when an existing calibration cache covers few of the network's tensors.
+
+    A cache written by the 11.x Q/DQ path (quantize.py) holds the Conv inputs only;
+    TensorRT 8.6/10.x keeps every layer touching a tensor without a scale out of INT8.
+    """
+    import calibration
+
+    if not cache_path or not os.path.isfile(cache_path):
+        return
+    covered = len(calibration.read_cache(cache_path))
+    tensors = sum(network.get_layer(i).num_outputs for i in range(network.num_layers))
+    if covered < tensors // 2:
+        log.warning("%s has scales for %d of the network's %d tensors (a cache from the Q/DQ path?): layers "
+                    "touching the others stay out of INT8; delete it to let TensorRT calibrate every tensor",
+                    cache_path, covered, tensors)
+
+
 def enable_int8(builder: "tensorrt.Builder", config: "tensorrt.IBuilderConfig",
                 network: "tensorrt.INetworkDefinition", calibrator, calib_batch, mixed):
     """TensorRT 8.6/10.x implicit INT8: calibrator, INT8+FP16 flags, NMS pinned FP32, stem/blocks_0-2 FP16 if mixed."""
