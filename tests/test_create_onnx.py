@@ -176,8 +176,8 @@ def test_legacy_batched_nms_matches_efficient_nms(fixture_model, work_dir):
         total += count
     print(f"BatchedNMS vs EfficientNMS: {matched}/{total}")
     # The two plugins' rules differ by design (top 1024 per class before NMS, Caffe's +1-pixel IoU,
-    # IoU > vs >= threshold): measured 95-96% on the fixtures, whose boxes overlap densely.
-    assert matched / total >= 0.90
+    # IoU > vs >= threshold): measured 798/800 on the D0 fixture, whose boxes overlap densely.
+    assert matched / total >= 0.95
 
 
 def test_soft_nms_model_converts_to_hard_nms(fixture_model, work_dir, caplog):

@@ -9,11 +9,10 @@ import precision
 from helpers import as_input, matched_fraction, per_image, save_and_open
 
 
-# lite0's fixture saturates: its 100 best scores on the test images all lie within
-# 0.93-0.99 (logits ~2.6-4.6), where FP16's ~1e-3 relative precision (measured:
-# up to 0.09 on the logits) flips which of two overlapping boxes NMS keeps; the
-# measured match there is 96%, while D0's spread scores match 100%.
-@pytest.mark.parametrize("fixture,legacy,required", [("d0_hard", False, 0.98), ("lite0_hard", False, 0.93),
+# FP16's ~1e-3 relative precision flips some NMS decisions between overlapping
+# boxes of near-equal score (the fixtures' 100 detections per image are dense):
+# measured 795/800 on D0 and 782/800 (97.8%) on Lite0.
+@pytest.mark.parametrize("fixture,legacy,required", [("d0_hard", False, 0.98), ("lite0_hard", False, 0.96),
                                                      ("d0_hard", True, 0.98)])
 def test_fp16_graph_matches_fp32(fixture, legacy, required, fixture_model, work_dir):
     _, converted, reference = fixture_model(fixture)

