@@ -3,8 +3,8 @@
 
 Precision: fp32, fp16 (the NMS plugin kept in FP32), int8, and mixed (INT8
 with the stem and blocks_0..2 kept out of INT8), calibrated on --calib_input
-images or taken from an existing --calib_cache (TensorRT's text format, the same
-file on every version).
+images (TensorRT's entropy or min-max method, --calib_method) or taken from an
+existing --calib_cache (TensorRT's text format, the same file on every version).
 
 TensorRT 8.6/10.x: builder flags and TensorRT's entropy calibrator. TensorRT
 11.x builds strongly typed networks only, so the precision is written into the
@@ -55,7 +55,8 @@ def graph_to_build(model, args, batcher):
     if args.precision in ("int8", "mixed"):
         import quantize
 
-        return quantize.to_int8(model, args.precision == "mixed", batcher, args.calib_cache)
+        return quantize.to_int8(model, args.precision == "mixed", batcher, args.calib_cache,
+                                method=args.calib_method)
     return model
 
 
@@ -66,7 +67,7 @@ def check_calibration(args, model):
     import calibration
 
     if args.calib_cache and os.path.isfile(args.calib_cache):
-        calibration.read_cache(args.calib_cache)  # a corrupt cache is a clear error, before building
+        calibration.read_cache(args.calib_cache, args.calib_method)  # clear errors before building
         log.info("calibration cache %s exists: calibration is skipped", args.calib_cache)
         return None
     if not args.calib_input:
@@ -109,7 +110,7 @@ def build(args, model, batcher):
         trt_builder.enable_fp16_with_fp32_nms(config, network)
     if args.precision in ("int8", "mixed") and not in_onnx:
         trt_builder.warn_if_partial_cache(network, args.calib_cache)
-        calibrator = trt_builder.make_entropy_calibrator(batcher, args.calib_cache, cuda)
+        calibrator = trt_builder.make_calibrator(batcher, args.calib_cache, cuda, args.calib_method)
         trt_builder.enable_int8(builder, config, network, calibrator, args.calib_batch_size,
                                 args.precision == "mixed")
     cache = trt_builder.load_timing_cache(config, args.timing_cache)
@@ -131,6 +132,9 @@ def main(argv=None):
     parser.add_argument("--calib_input", help="folder of calibration images (int8/mixed)")
     parser.add_argument("--calib_cache", help="calibration cache: reused if it exists (no images read), written "
                         "after calibration otherwise")
+    parser.add_argument("--calib_method", default="entropy", choices=["entropy", "minmax"],
+                        help="INT8 threshold per tensor: TensorRT's entropy method (clips rare outliers) or the "
+                        "largest |value| seen (minmax, no clipping)")
     parser.add_argument("--calib_num_images", type=int, default=5000, help="calibration images to use at most")
     parser.add_argument("--calib_batch_size", type=int, default=8, help="calibration batch size")
     parser.add_argument("--batch_size", type=int, default=1, help="batch to build for (dynamic-batch ONNX without "

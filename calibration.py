@@ -9,10 +9,13 @@
   as in NVIDIA's pytorch-quantization, so ReLU zeros do not pull it down.
 - `HistogramCollector`: histograms of many tensors over many batches, in one
   pass (ranges widen by exact power-of-two bin merges).
+- `HistogramCollector.scales("minmax")`: max |x| as the threshold instead (what
+  TensorRT's IInt8MinMaxCalibrator does): no clipping.
 - The calibration cache is TensorRT's own text format: a header line
-  `TRT-<version>-EntropyCalibration2`, then `<tensor name>: <8 hex digits>`, the
-  big-endian IEEE-754 bits of the float32 scale (threshold / 127). A cache written
-  here is read by a TensorRT 8.6/10 calibrator and the other way round.
+  `TRT-<version>-EntropyCalibration2` (or `-MinMaxCalibration`), then
+  `<tensor name>: <8 hex digits>`, the big-endian IEEE-754 bits of the float32
+  scale (threshold / 127). A cache written here is read by a TensorRT 8.6/10
+  calibrator of the same method and the other way round.
 """
 
 import struct
@@ -23,7 +26,9 @@ from common import UserError, atomic_output
 
 NUM_BINS = 2048
 NUM_QUANTIZED_BINS = 128
-CACHE_HEADER = "TRT-{version}-EntropyCalibration2"
+METHODS = ("entropy", "minmax")
+# TensorRT's cache headers: TRT-<version>-<calibrator>, per calibration method.
+CACHE_KINDS = {"entropy": "EntropyCalibration2", "minmax": "MinMaxCalibration"}
 
 
 def entropy_threshold(histogram, bin_width, num_quantized_bins=NUM_QUANTIZED_BINS):
@@ -99,8 +104,10 @@ class HistogramCollector:
             counts, _ = np.histogram(magnitudes, bins=self.num_bins, range=(0.0, self.range[name]))
             self.histograms[name] += counts
 
-    def scales(self):
-        """name -> INT8 scale (entropy threshold / 127)."""
+    def scales(self, method="entropy"):
+        """name -> INT8 scale: threshold / 127, the threshold by `method` (entropy, or minmax: max |x|)."""
+        if method == "minmax":
+            return {name: (self.max[name] or self.range[name]) / 127.0 for name in self.histograms}
         return {name: entropy_threshold(histogram, self.range[name] / self.num_bins) / 127.0
                 for name, histogram in self.histograms.items()}
 
@@ -113,27 +120,35 @@ def hex_to_float(text):
     return struct.unpack(">f", bytes.fromhex(text))[0]
 
 
-def format_cache(scales, version="8601"):
-    lines = [CACHE_HEADER.format(version=version)]
+def format_cache(scales, version="8601", method="entropy"):
+    lines = [f"TRT-{version}-{CACHE_KINDS[method]}"]
     lines += [f"{name}: {float_to_hex(scale)}" for name, scale in scales.items()]
     return "\n".join(lines) + "\n"
 
 
-def write_cache(path, scales, version="8601"):
+def write_cache(path, scales, version="8601", method="entropy"):
     with atomic_output(path, "w") as handle:
-        handle.write(format_cache(scales, version))
+        handle.write(format_cache(scales, version, method))
 
 
-def read_cache(path):
-    """name -> scale from a TensorRT entropy calibration cache; one-line errors for anything else."""
+def read_cache(path, method=None):
+    """name -> scale from a TensorRT calibration cache; one-line errors for anything else.
+
+    With `method`, a cache made by the other calibration method is an error too.
+    """
     try:
         with open(path, encoding="ascii") as handle:
             lines = [line.rstrip("\n") for line in handle if line.strip()]
     except (OSError, UnicodeDecodeError) as error:
         raise UserError(f"{path}: cannot read the calibration cache ({error}); delete it to recalibrate") from None
-    if not lines or not (lines[0].startswith("TRT-") and lines[0].endswith("Calibration2")):
-        raise UserError(f"{path}: not a TensorRT entropy calibration cache (first line {lines[:1]}); "
+    kinds = {kind: name for name, kind in CACHE_KINDS.items()}
+    header = lines[0].split("-") if lines else []
+    if len(header) != 3 or header[0] != "TRT" or header[2] not in kinds:
+        raise UserError(f"{path}: not a TensorRT entropy or min-max calibration cache (first line {lines[:1]}); "
                         "delete it to recalibrate")
+    if method and kinds[header[2]] != method:
+        raise UserError(f"{path}: made by {kinds[header[2]]} calibration, not {method}; pass --calib_method "
+                        f"{kinds[header[2]]} or delete it to recalibrate")
     scales = {}
     for number, line in enumerate(lines[1:], start=2):
         name, _, value = line.rpartition(": ")

@@ -6,7 +6,7 @@ DequantizeLinear pairs. `to_int8` makes them without TensorRT or a GPU:
 - which: the input and the weights of every Conv, except, for "mixed", the
   stem and blocks_0..2 (the layers that lose the most accuracy in INT8);
 - activations: one symmetric per-tensor scale each (zero point 0), TensorRT's
-  entropy calibration (calibration.py) over the calibration images, computed
+  entropy (or min-max) calibration (calibration.py) over the calibration images, computed
   by ONNX Runtime on the graph cut before the NMS; every Conv input is
   calibrated, so one cache serves int8 and mixed;
 - weights: symmetric per output channel, stored as INT8 in [-127, 127] behind
@@ -56,7 +56,7 @@ def activation_names(model):
     return names
 
 
-def calibrate(model, batcher, names, timings=None):
+def calibrate(model, batcher, names, timings=None, method="entropy"):
     """name -> INT8 scale of each tensor in `names`, from the batches of `batcher`, in ONNX Runtime.
 
     `timings`, if given, receives the seconds spent reading images, running the
@@ -97,17 +97,18 @@ def calibrate(model, batcher, names, timings=None):
     if not seen:
         raise UserError("no calibration image could be read")
     clock = time.perf_counter()
-    scales = {name: float(np.float32(scale)) for name, scale in collector.scales().items()}
+    scales = {name: float(np.float32(scale)) for name, scale in collector.scales(method).items()}
     spent["thresholds"] = time.perf_counter() - clock
-    log.info("calibrated %d activation tensors on %d images in %.1f s", len(names), seen, sum(spent.values()))
+    log.info("calibrated %d activation tensors on %d images in %.1f s (%s)", len(names), seen, sum(spent.values()),
+             method)
     if timings is not None:
         timings.update(spent, count=seen)
     return scales
 
 
-def scales_from_cache(path, names):
+def scales_from_cache(path, names, method="entropy"):
     """The scales of `names` read from a calibration cache; a clear error when some are missing."""
-    cached = calibration.read_cache(path)
+    cached = calibration.read_cache(path, method)
     missing = [name for name in names if name not in cached]
     if missing:
         raise UserError(f"{path}: no scale for {len(missing)} of this graph's {len(names)} Conv inputs "
@@ -201,7 +202,7 @@ def insert_qdq(model, activation_scales, mixed=False):
     return result
 
 
-def to_int8(model, mixed=False, batcher=None, cache_path=None, fp16=True):
+def to_int8(model, mixed=False, batcher=None, cache_path=None, fp16=True, method="entropy"):
     """The Q/DQ graph of the float32 `model`, the rest in FP16 unless fp16=False.
 
     Scales come from `cache_path` if it exists, else from calibrating the FP32
@@ -215,15 +216,15 @@ def to_int8(model, mixed=False, batcher=None, cache_path=None, fp16=True):
         raise UserError("the ONNX has no Conv layer with constant weights to quantize; give build_engine.py the "
                         "FP32 graph from create_onnx.py")
     if cache_path and os.path.isfile(cache_path):
-        scales = scales_from_cache(cache_path, names)
+        scales = scales_from_cache(cache_path, names, method)
         log.info("activation scales read from %s (no calibration images read)", cache_path)
     else:
         if batcher is None:
             raise UserError("INT8 needs calibration images (--calib_input) or an existing calibration cache "
                             "(--calib_cache)")
-        scales = calibrate(model, batcher, names)
+        scales = calibrate(model, batcher, names, method=method)
         if cache_path:
-            calibration.write_cache(cache_path, scales)
+            calibration.write_cache(cache_path, scales, method=method)
             log.info("wrote calibration cache %s", cache_path)
     if fp16:
         import precision

@@ -9,7 +9,7 @@ Every builder difference between TensorRT 8.6, 10.x and 11.x is here (NVIDIA's
 - build: build_serialized_network on every version (build_engine removed in 10.0);
 - FP16: BuilderFlag.FP16 on 8.6/10.x, with the NMS plugin layer pinned to FP32;
   11.x removed the flag: the FP16 must already be in the ONNX (precision.to_fp16);
-- INT8: IInt8EntropyCalibrator2 and the INT8 flag on 8.6/10.x; 11.x removed both:
+- INT8: IInt8EntropyCalibrator2/IInt8MinMaxCalibrator and the INT8 flag on 8.6/10.x; 11.x removed both:
   the ONNX must carry explicit Q/DQ (quantize.to_int8).
 Checked statically against the TensorRT 10.13 stubs (the lean 11.x package has
 no builder to generate stubs from).
@@ -125,19 +125,19 @@ def build_serialized(builder: "tensorrt.Builder", network: "tensorrt.INetworkDef
     return bytes(memoryview(data))
 
 
+def make_calibrator(batcher, cache_path, cuda, method="entropy"):
+    """TensorRT 8.6/10.x IInt8EntropyCalibrator2 (or IInt8MinMaxCalibrator) fed by an ImageBatcher.
 
-
-def make_entropy_calibrator(batcher, cache_path, cuda):
-    """TensorRT 8.6/10.x IInt8EntropyCalibrator2 fed by an ImageBatcher; reads and writes `cache_path`.
-
-    With an existing cache TensorRT asks for no batch. The cache is TensorRT's
-    own text format (see calibration.py), the same file on every version.
+    It reads and writes `cache_path`; with an existing cache TensorRT asks for no
+    batch. The cache is TensorRT's own text format (see calibration.py), the same
+    file on every version.
     """
     trt = import_tensorrt()
 
-    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
+    class Feed:
+        """What both calibrators do: hand TensorRT the batcher's batches and the cache."""
+
         def __init__(self):
-            trt.IInt8EntropyCalibrator2.__init__(self)
             self.batches = iter(batcher) if batcher is not None else None
             self.batch_size = batcher.batch_size if batcher is not None else 1
             self.device = None
@@ -176,7 +176,17 @@ def make_entropy_calibrator(batcher, cache_path, cuda):
                 write_bytes_atomic(cache_path, bytes(memoryview(cache)))
                 log.info("wrote calibration cache %s", cache_path)
 
-    return EntropyCalibrator()
+    class EntropyCalibrator(Feed, trt.IInt8EntropyCalibrator2):
+        def __init__(self):
+            trt.IInt8EntropyCalibrator2.__init__(self)
+            Feed.__init__(self)
+
+    class MinMaxCalibrator(Feed, trt.IInt8MinMaxCalibrator):
+        def __init__(self):
+            trt.IInt8MinMaxCalibrator.__init__(self)
+            Feed.__init__(self)
+
+    return MinMaxCalibrator() if method == "minmax" else EntropyCalibrator()
 
 
 def warn_if_partial_cache(network: "tensorrt.INetworkDefinition", cache_path):

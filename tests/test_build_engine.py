@@ -107,7 +107,7 @@ def test_corrupt_calibration_cache_is_a_clear_error(d0_onnx, tmp_path):
     cache.write_text("not a cache\n")
     result = run_build("--onnx", str(d0_onnx), "--engine", str(tmp_path / "x.engine"), "--precision", "int8",
                        "--calib_cache", str(cache))
-    assert result.returncode == 2 and "not a TensorRT entropy calibration cache" in result.stderr
+    assert result.returncode == 2 and "not a TensorRT entropy or min-max calibration cache" in result.stderr
     assert cache.read_text() == "not a cache\n"
 
 

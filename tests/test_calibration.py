@@ -95,3 +95,20 @@ def test_relu_zeros_do_not_pull_the_threshold_down():
     collector.observe({"relu": values})
     threshold = collector.scales()["relu"] * 127
     assert np.mean(values > threshold) < 0.001
+
+
+def test_minmax_scales_are_the_largest_magnitude_over_all_batches():
+    collector = HistogramCollector()
+    collector.observe({"x": np.array([0.5, -2.0])})
+    collector.observe({"x": np.array([3.0, -1.0])})
+    assert collector.scales("minmax")["x"] == pytest.approx(3.0 / 127)
+    assert collector.scales("entropy")["x"] != collector.scales("minmax")["x"]
+
+
+def test_minmax_cache_has_tensorrts_minmax_header_and_is_checked(tmp_path):
+    path = tmp_path / "m.cache"
+    write_cache(str(path), {"x": 0.25}, method="minmax")
+    assert path.read_text().splitlines()[0] == "TRT-8601-MinMaxCalibration"
+    assert read_cache(str(path), "minmax") == {"x": 0.25}
+    with pytest.raises(UserError, match="made by minmax calibration, not entropy.*--calib_method minmax"):
+        read_cache(str(path), "entropy")

@@ -174,6 +174,22 @@ def test_a_tensorrt_cache_with_more_tensors_serves_too(d0, tmp_path):
     assert quantize.to_int8(model, False, None, str(bigger)).SerializeToString() == int8.SerializeToString()
 
 
+def test_minmax_scale_of_the_stem_input_is_its_largest_normalised_value(d0, tmp_path):
+    model, folder, _, _, _ = d0
+    graph = gs.import_onnx(model)
+    sub = [n for n in graph.nodes if n.op == "Sub" and n.inputs[0].name == "input"][0]
+    mul = sub.outputs[0].outputs[0]
+    mean, inv_std = sub.inputs[1].values, mul.inputs[1].values
+    batches = [batch.copy() for batch, _ in ImageBatcher(str(folder / "calib"), (256, 256), "NHWC", 8,
+                                                         exact_batches=True, shuffle=True)]
+    peak = max(float(np.abs((batch - mean) * inv_std).max()) for batch in batches)
+    cache = tmp_path / "minmax.cache"
+    batcher = ImageBatcher(str(folder / "calib"), (256, 256), "NHWC", 8, exact_batches=True, shuffle=True)
+    quantize.to_int8(model, False, batcher, str(cache), method="minmax")
+    stem = [n for n in graph.nodes if n.op == "Conv" and "/stem/" in n.name][0]
+    assert calibration.read_cache(str(cache), "minmax")[stem.inputs[0].name] == pytest.approx(peak / 127, rel=1e-5)
+
+
 def test_int8_needs_images_or_a_cache(d0):
     model = d0[0]
     with pytest.raises(UserError, match="--calib_input"):
