@@ -6,7 +6,7 @@ with the stem and blocks_0..2 kept out of INT8), calibrated on --calib_input
 images (TensorRT's entropy or min-max method, --calib_method) or taken from an
 existing --calib_cache (TensorRT's text format, the same file on every version).
 
-TensorRT 8.6/10.x: builder flags and TensorRT's entropy calibrator. TensorRT
+TensorRT 8.6/10.x: builder flags and TensorRT's own calibrators. TensorRT
 11.x builds strongly typed networks only, so the precision is written into the
 ONNX first, on the CPU: a float16 graph (precision.py), or explicit Q/DQ with
 scales calibrated through ONNX Runtime (quantize.py). --save_onnx writes the
