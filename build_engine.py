@@ -19,6 +19,7 @@ import logging
 import os
 import time
 
+from calibration import CACHE_KINDS
 from common import UserError, run_cli, setup_logging, write_bytes_atomic
 
 log = logging.getLogger("build_engine")
@@ -74,13 +75,13 @@ def check_calibration(args, model):
         raise UserError(f"--precision {args.precision} needs calibration images (--calib_input) or an existing "
                         "calibration cache (--calib_cache)")
     from image_batcher import ImageBatcher
+    from runners import image_layout, onnx_input_shape
 
-    dims = [d.dim_value or None for d in model.graph.input[0].type.tensor_type.shape.dim]
-    if dims[0] is not None and dims[0] != args.calib_batch_size:
-        raise UserError(f"{args.onnx} has a fixed batch of {dims[0]}: calibrate with --calib_batch_size {dims[0]}")
-    layout = "NCHW" if dims[1] == 3 else "NHWC"
-    height, width = (dims[2], dims[3]) if layout == "NCHW" else (dims[1], dims[2])
-    return ImageBatcher(args.calib_input, (height, width), layout, args.calib_batch_size,
+    shape = onnx_input_shape(model)
+    if shape[0] is not None and shape[0] != args.calib_batch_size:
+        raise UserError(f"{args.onnx} has a fixed batch of {shape[0]}: calibrate with --calib_batch_size {shape[0]}")
+    layout, size = image_layout(shape, args.onnx)
+    return ImageBatcher(args.calib_input, size, layout, args.calib_batch_size,
                         max_num_images=args.calib_num_images, exact_batches=True, shuffle=True)
 
 
@@ -132,7 +133,7 @@ def main(argv=None):
     parser.add_argument("--calib_input", help="folder of calibration images (int8/mixed)")
     parser.add_argument("--calib_cache", help="calibration cache: reused if it exists (no images read), written "
                         "after calibration otherwise")
-    parser.add_argument("--calib_method", default="entropy", choices=["entropy", "minmax"],
+    parser.add_argument("--calib_method", default="entropy", choices=list(CACHE_KINDS),
                         help="INT8 threshold per tensor: TensorRT's entropy method (clips rare outliers) or the "
                         "largest |value| seen (minmax, no clipping)")
     parser.add_argument("--calib_num_images", type=int, default=5000, help="calibration images to use at most")

@@ -26,7 +26,6 @@ from common import UserError, atomic_output
 
 NUM_BINS = 2048
 NUM_QUANTIZED_BINS = 128
-METHODS = ("entropy", "minmax")
 # TensorRT's cache headers: TRT-<version>-<calibrator>, per calibration method.
 CACHE_KINDS = {"entropy": "EntropyCalibration2", "minmax": "MinMaxCalibration"}
 
@@ -35,8 +34,6 @@ def entropy_threshold(histogram, bin_width, num_quantized_bins=NUM_QUANTIZED_BIN
     """The clipping threshold minimising KL divergence, for a histogram of |x| starting at 0."""
     histogram = np.array(histogram, dtype=np.float64)
     total_bins = len(histogram)
-    if histogram.sum() == 0:
-        return bin_width * total_bins
     # The zeros of a ReLU output (often half the tensor) sit in bin 0 and would
     # dominate the divergence, favouring far too low a threshold; like NVIDIA's
     # pytorch-quantization, weigh bin 0 as its neighbour.

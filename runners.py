@@ -28,6 +28,20 @@ OUTPUT_NAMES = ("num_detections", "detection_boxes", "detection_scores", "detect
 PLUGIN_OPS = ("EfficientNMS_TRT", "BatchedNMS_TRT")
 
 
+def image_layout(shape, name):
+    """('NCHW' or 'NHWC', (height, width)) of an image input's shape (channel dimension of size 3)."""
+    if shape[1] == 3 and shape[3] != 3:
+        return "NCHW", (shape[2], shape[3])
+    if shape[3] == 3:
+        return "NHWC", (shape[1], shape[2])
+    raise UserError(f"{name}: cannot tell the input layout from shape {shape}")
+
+
+def onnx_input_shape(model):
+    """The declared shape of an ONNX model's first input; None for dynamic dimensions."""
+    return tuple(d.dim_value or None for d in model.graph.input[0].type.tensor_type.shape.dim)
+
+
 @dataclass
 class TensorSpec:
     name: str
@@ -77,17 +91,11 @@ class Runner:
     @property
     def input_layout(self):
         """'NCHW' or 'NHWC', from the input's declared shape (channel dimension of size 3)."""
-        shape = self.input_spec().shape
-        if shape[1] == 3 and shape[3] != 3:
-            return "NCHW"
-        if shape[3] == 3:
-            return "NHWC"
-        raise UserError(f"{self.name}: cannot tell the input layout from shape {shape}")
+        return image_layout(self.input_spec().shape, self.name)[0]
 
     @property
     def input_hw(self):
-        shape = self.input_spec().shape
-        return (shape[2], shape[3]) if self.input_layout == "NCHW" else (shape[1], shape[2])
+        return image_layout(self.input_spec().shape, self.name)[1]
 
     @property
     def fixed_batch(self):

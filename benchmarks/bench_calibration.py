@@ -33,6 +33,7 @@ def main():
 
     import quantize
     from image_batcher import ImageBatcher
+    from runners import image_layout, onnx_input_shape
     from synthetic_images import write_images
 
     if args.onnx:
@@ -42,9 +43,7 @@ def main():
         from conftest import saved_model_path
 
         model = create_onnx.build_graph(create_onnx.convert_saved_model(saved_model_path(args.fixture)))
-    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
-    layout = "NCHW" if dims[1] == 3 else "NHWC"
-    height, width = (dims[2], dims[3]) if layout == "NCHW" else (dims[1], dims[2])
+    layout, (height, width) = image_layout(onnx_input_shape(model), args.onnx or args.fixture)
     image_w, image_h = (int(v) for v in args.image_size.split("x"))
     names = quantize.activation_names(model)
     with tempfile.TemporaryDirectory() as folder:
