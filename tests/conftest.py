@@ -3,7 +3,9 @@
 SavedModels are exported once (by tests/fixtures/make_automl_savedmodel.py, in a
 subprocess because it switches TensorFlow to graph mode) and cached under
 .cache/fixtures/ (gitignored), keyed by their settings and the generator's
-source, so a changed generator makes new ones. Set EFFDET_TEST_CACHE to move it.
+source, so a changed generator makes new ones; the weights they are made from
+(trained ones take minutes) are kept in its weights/ folder and shared by
+fixtures that differ only in post-processing. Set EFFDET_TEST_CACHE to move it.
 """
 
 import hashlib
@@ -33,6 +35,10 @@ MODELS = {
     "lite0_hard": dict(model_name="efficientdet-lite0", image_size=256, nms_method="hard", score_thresh=0.4),
     # AutoML's default post-processing: gaussian soft NMS, score threshold unset (0.001).
     "d0_soft": dict(model_name="efficientdet-d0", image_size=256, nms_method="gaussian", score_thresh=0.0),
+    # Trained for 400 steps on the synthetic shapes (~6 min on two cores, once):
+    # real detections, and the heavy-tailed activations of a trained network.
+    "d0_trained": dict(model_name="efficientdet-d0", image_size=256, nms_method="hard", score_thresh=0.4,
+                       train_steps=400),
 }
 NUM_TEST_IMAGES = 8
 
@@ -51,7 +57,8 @@ def saved_model_path(name):
     path = CACHE / f"{name}-{key}-{_generator_digest()}"
     if not (path / "saved_model.pb").is_file():
         CACHE.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, str(FIXTURE_DIR / "make_automl_savedmodel.py"), "--output", str(path)]
+        command = [sys.executable, str(FIXTURE_DIR / "make_automl_savedmodel.py"), "--output", str(path),
+                   "--weights_cache", str(CACHE / "weights")]
         for option, value in settings.items():
             command += [f"--{option}", str(value)]
         result = subprocess.run(command, capture_output=True, text=True)

@@ -13,7 +13,10 @@ import nms_reference
 from conftest import MODELS, ROOT
 from helpers import as_input, matched_fraction, per_image, save_and_open
 
-HARD_FIXTURES = ["d0_hard", "lite0_hard"]
+HARD_FIXTURES = ["d0_hard", "lite0_hard", "d0_trained"]
+# TF detections on the 8 test images: the random-weight fixtures give 100 per
+# image, the trained one finds the few shapes (~7 per image).
+MIN_DETECTIONS = {"d0_hard": 8 * 50, "lite0_hard": 8 * 50, "d0_trained": 8 * 3}
 HEAD_TOLERANCE = 1e-4
 
 # (input_shape, batch sizes to run it at)
@@ -74,7 +77,7 @@ def test_parity_with_tensorflow(fixture, shape, run_batches, fixture_model, work
                 total += count
     print(f"{fixture} {input_shape}: max |head delta| {worst:.2e}, matched {matched}/{total}")
     assert worst <= HEAD_TOLERANCE
-    assert total >= 8 * 50
+    assert total >= MIN_DETECTIONS[fixture]
     assert matched / total >= 0.99
 
 

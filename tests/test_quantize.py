@@ -20,20 +20,35 @@ from synthetic_images import write_images
 
 NUM_EVAL_IMAGES = 32
 
+# Calibration and evaluation images per fixture: the trained D0 sees square
+# images like those it was trained on (users calibrate on their own kind of data).
+IMAGE_SIZES = {"d0_hard": (320, 240), "d0_trained": (256, 256)}
 
-@pytest.fixture(scope="module")
-def d0(fixture_model, tmp_path_factory):
-    """(fp32 model, calibration folder, evaluation folder, cache path, int8 model, mixed model)."""
-    _, converted, _ = fixture_model("d0_hard")
-    folder = tmp_path_factory.mktemp("quantize")
+
+def _quantized(fixture_model, folder, name):
+    """(fp32 model, image folder, cache path, int8 model, mixed model) of fixture `name`."""
+    _, converted, _ = fixture_model(name)
     model = create_onnx.build_graph(converted)
-    write_images(str(folder / "calib"), 32, 320, 240, seed=1000, ext="jpg")
-    write_images(str(folder / "eval"), NUM_EVAL_IMAGES, 320, 240, seed=0, ext="jpg")
-    cache = folder / "d0.cache"
+    width, height = IMAGE_SIZES[name]
+    write_images(str(folder / "calib"), 32, width, height, seed=1000, ext="jpg")
+    write_images(str(folder / "eval"), NUM_EVAL_IMAGES, width, height, seed=0, ext="jpg")
+    cache = folder / f"{name}.cache"
     batcher = ImageBatcher(str(folder / "calib"), (256, 256), "NHWC", 8, exact_batches=True, shuffle=True)
     int8 = quantize.to_int8(model, False, batcher, str(cache))
     mixed = quantize.to_int8(model, True, None, str(cache))
     return model, folder, cache, int8, mixed
+
+
+@pytest.fixture(scope="module")
+def d0(fixture_model, tmp_path_factory):
+    """The random-weight D0, quantized."""
+    return _quantized(fixture_model, tmp_path_factory.mktemp("quantize"), "d0_hard")
+
+
+@pytest.fixture(scope="module")
+def d0_trained(fixture_model, tmp_path_factory):
+    """The trained D0, quantized."""
+    return _quantized(fixture_model, tmp_path_factory.mktemp("quantize_trained"), "d0_trained")
 
 
 def _producer(tensor):
@@ -95,35 +110,40 @@ def test_nms_and_outputs_stay_float(d0):
                                                "detection_classes"]
 
 
-def test_int8_and_mixed_accuracy_against_fp32(d0, tmp_path):
-    """COCO AP of the Q/DQ graphs with the FP32 graph's detections as ground truth, 32 images.
+# Measured (AP@[.5:.95] against the FP32 graph's detections, 32 images; relative
+# RMS error of the pre-NMS heads), the rest of the graph in FP16:
+#   random-weight D0: INT8 0.57, mixed 0.65, FP16 0.99; heads 8.5% / 6% / 0.1%
+#   trained D0:       INT8 0.37, mixed 0.39, FP16 1.00; heads 31-50% / 29-48% / 0.3%
+# NVIDIA's ModelOpt (INT8 + FP16, same graph cut before the NMS, same images)
+# gets 0.70 and 0.38 (entropy) on them: the issue's 0.8 is out of reach of
+# post-training quantization on these fixtures (see README, "INT8").
+ACCURACY = {"d0_hard": dict(int8=0.5, head_error=0.12), "d0_trained": dict(int8=0.3, head_error=0.6)}
 
-    Measured on the random-weight D0 fixture (the rest in FP16): INT8 0.57, mixed
-    0.65, FP16 0.99; the pre-NMS heads differ from FP32 by 8.5% / 6% RMS. The
-    issue's 0.8 is not reached on these fixtures (NVIDIA's ModelOpt gets 0.70 on
-    them): a random network amplifies per-layer INT8 noise, and the fixture's 100
-    detections per image have near-tied scores (see the issue note).
-    """
-    model, folder, _, int8, mixed = d0
-    runners = {name: save_and_open(m, tmp_path / f"{name}.onnx")
-               for name, m in (("fp32", model), ("int8", int8), ("mixed", mixed),
+
+@pytest.mark.parametrize("name", ["d0_hard", "d0_trained"])
+def test_int8_and_mixed_accuracy_against_fp32(name, request, tmp_path):
+    """COCO AP of the Q/DQ graphs with the FP32 graph's detections as ground truth, 32 images."""
+    model, folder, _, int8, mixed = request.getfixturevalue("d0" if name == "d0_hard" else "d0_trained")
+    runners = {kind: save_and_open(m, tmp_path / f"{kind}.onnx")
+               for kind, m in (("fp32", model), ("int8", int8), ("mixed", mixed),
                                ("fp16", precision.to_fp16(model)))}
-    found = {name: [] for name in runners}
-    head_error = {name: [] for name in runners}
+    found = {kind: [] for kind in runners}
+    head_error = {kind: [] for kind in runners}
     for batch, infos in ImageBatcher(str(folder / "eval"), (256, 256), "NHWC", 8):
-        raw = {name: runner.infer_raw({"input": batch}) for name, runner in runners.items()}
-        for name, runner in runners.items():
+        raw = {kind: runner.infer_raw({"input": batch}) for kind, runner in runners.items()}
+        for kind, runner in runners.items():
             outputs = runner.infer({"input": batch})
-            found[name] += [per_image(outputs, row) for row in range(len(infos))]
-            for want, got in zip(raw["fp32"].values(), raw[name].values()):
-                head_error[name].append(np.sqrt(np.mean((want - got) ** 2)) / want.std())
+            found[kind] += [per_image(outputs, row) for row in range(len(infos))]
+            for want, got in zip(raw["fp32"].values(), raw[kind].values()):
+                head_error[kind].append(np.sqrt(np.mean((want - got) ** 2)) / want.std())
     assert len(found["fp32"]) == NUM_EVAL_IMAGES
-    ap = {name: ap_against_reference(found["fp32"], found[name]) for name in ("int8", "mixed", "fp16")}
-    error = {name: float(np.mean(head_error[name])) for name in ("int8", "mixed", "fp16")}
-    print(f"AP vs FP32 on {NUM_EVAL_IMAGES} images: {ap}; relative RMS error of the heads: {error}")
-    assert error["fp16"] < error["mixed"] < error["int8"] < 0.12
-    assert ap["int8"] >= 0.5  # thresholds that clipped 2-12% of ReLU outputs gave 0.02 on Lite0
+    ap = {kind: ap_against_reference(found["fp32"], found[kind]) for kind in ("int8", "mixed", "fp16")}
+    error = {kind: float(np.mean(head_error[kind])) for kind in ("int8", "mixed", "fp16")}
+    print(f"{name}: AP vs FP32 on {NUM_EVAL_IMAGES} images: {ap}; relative RMS error of the heads: {error}")
+    assert error["fp16"] < error["mixed"] < error["int8"] < ACCURACY[name]["head_error"]
+    assert ap["int8"] >= ACCURACY[name]["int8"]  # thresholds that clipped 2-12% of ReLU outputs gave 0.02 on Lite0
     assert ap["int8"] - 0.02 <= ap["mixed"] <= ap["fp16"]
+    assert ap["fp16"] >= 0.98
 
 
 def run_build(*args):
