@@ -31,13 +31,14 @@ typecheck: install
 	$(VENV)/bin/pyright -p pyrightconfig.trt11.json
 
 # End to end on the CPU: a real EfficientDet SavedModel (AutoML's code, trained for a few minutes on
-# synthetic shapes; the weights are shared with the test fixtures) -> ONNX -> detections on new images.
+# synthetic shapes; the weights are shared with the test fixtures) -> ONNX -> detections on new images
+# like those it was trained on (a few minutes of training generalise to little else).
 demo: install
 	test -f $(DEMO)/saved_model/saved_model.pb || $(PY) tests/fixtures/make_automl_savedmodel.py \
 		--model_name $(DEMO_MODEL) --image_size $(DEMO_SIZE) --train_steps $(DEMO_STEPS) \
 		--weights_cache .cache/fixtures/weights --output $(DEMO)/saved_model
 	$(PY) create_onnx.py --saved_model $(DEMO)/saved_model --onnx $(DEMO)/model.onnx
-	$(PY) tests/fixtures/synthetic_images.py --output $(DEMO)/images --count 6 --width 512 --height 512 --seed 500
+	$(PY) tests/fixtures/synthetic_images.py --output $(DEMO)/images --count 6 --width $(DEMO_SIZE) --height $(DEMO_SIZE) --seed 500
 	$(PY) infer.py --onnx $(DEMO)/model.onnx --input $(DEMO)/images --output $(DEMO)/results \
 		--labels tests/fixtures/shapes_labels.txt
 	@echo "visualizations and results: $(DEMO)/results"
