@@ -116,7 +116,7 @@ def test_nms_and_outputs_stay_float(d0):
 #   trained D0:       INT8 0.37, mixed 0.39, FP16 1.00; heads 31-50% / 29-48% / 0.3%
 # NVIDIA's ModelOpt (INT8 + FP16, same graph cut before the NMS, same images)
 # gets 0.70 and 0.38 (entropy) on them: the 0.8 is out of reach of
-# post-training quantization on these fixtures (see README, "INT8").
+# post-training quantization on these fixtures (README, section 3).
 ACCURACY = {"d0_hard": dict(int8=0.5, head_error=0.12), "d0_trained": dict(int8=0.3, head_error=0.6)}
 
 
