@@ -23,6 +23,7 @@ FIXTURE_DIR = ROOT / "tests" / "fixtures"
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(FIXTURE_DIR))
 
+from make_automl_savedmodel import source_digest  # noqa: E402
 from synthetic_images import make_image  # noqa: E402
 
 CACHE = Path(os.environ.get("EFFDET_TEST_CACHE", ROOT / ".cache" / "fixtures"))
@@ -43,18 +44,11 @@ MODELS = {
 NUM_TEST_IMAGES = 8
 
 
-def _generator_digest():
-    digest = hashlib.sha256()
-    for name in ("make_automl_savedmodel.py", "synthetic_images.py"):
-        digest.update((FIXTURE_DIR / name).read_bytes())
-    return digest.hexdigest()[:12]
-
-
 def saved_model_path(name):
     """Path of fixture SavedModel `name`, exporting it first if it is not cached."""
     settings = MODELS[name]
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
-    path = CACHE / f"{name}-{key}-{_generator_digest()}"
+    path = CACHE / f"{name}-{key}-{source_digest()}"
     if not (path / "saved_model.pb").is_file():
         CACHE.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, str(FIXTURE_DIR / "make_automl_savedmodel.py"), "--output", str(path),
