@@ -21,5 +21,5 @@ def test_trained_fixture_finds_the_shapes(fixture_model):
     ap = ap_against_reference(truth, found)
     shown = sum(len(scores) for _, scores, _ in found)
     print(f"trained D0 on {NUM_TEST_IMAGES} held-out images: COCO AP {ap:.3f}, {shown} detections")
-    assert ap >= 0.25
+    assert ap >= 0.7  # measured 0.88
     assert shown <= NUM_TEST_IMAGES * 20  # confident detections, not the random fixtures' 100 per image

@@ -113,11 +113,12 @@ def test_nms_and_outputs_stay_float(d0):
 # Measured (AP@[.5:.95] against the FP32 graph's detections, 32 images; relative
 # RMS error of the pre-NMS heads), the rest of the graph in FP16:
 #   random-weight D0: INT8 0.57, mixed 0.65, FP16 0.99; heads 8.5% / 6% / 0.1%
-#   trained D0:       INT8 0.37, mixed 0.39, FP16 1.00; heads 31-50% / 29-48% / 0.3%
-# NVIDIA's ModelOpt (INT8 + FP16, same graph cut before the NMS, same images)
-# gets 0.70 and 0.38 (entropy) on them: the 0.8 is out of reach of
-# post-training quantization on these fixtures (README, section 3).
-ACCURACY = {"d0_hard": dict(int8=0.5, head_error=0.12), "d0_trained": dict(int8=0.3, head_error=0.6)}
+#   trained D0:       INT8 0.94, mixed 0.97, FP16 1.00; heads 13% / 11% / 0.2%
+# The acceptance (INT8 >= 0.8) holds on the trained model. Random
+# networks amplify per-layer rounding noise (NVIDIA's ModelOpt gets 0.70 on the
+# random D0), and so does a briefly trained one: after 400 steps instead of
+# 1600 the same D0 gave INT8 0.37 (ModelOpt 0.38).
+ACCURACY = {"d0_hard": dict(int8=0.5, head_error=0.12), "d0_trained": dict(int8=0.8, head_error=0.2)}
 
 
 @pytest.mark.parametrize("name", ["d0_hard", "d0_trained"])
