@@ -37,7 +37,7 @@ MODELS = {
     # AutoML's default post-processing: gaussian soft NMS, score threshold unset (0.001).
     "d0_soft": dict(model_name="efficientdet-d0", image_size=256, nms_method="gaussian", score_thresh=0.0),
     # Trained for 1600 steps on the synthetic shapes (about 25 min on two cores, once):
-    # real detections, and the heavy-tailed activations of a trained network.
+    # real, confident detections, on which FP16 and INT8 can be judged.
     "d0_trained": dict(model_name="efficientdet-d0", image_size=256, nms_method="hard", score_thresh=0.4,
                        train_steps=1600),
 }
