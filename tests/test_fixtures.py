@@ -1,16 +1,18 @@
-"""The test fixtures themselves: the trained EfficientDet really detects the synthetic shapes."""
+"""The test fixtures themselves: the trained EfficientDets really detect the synthetic shapes."""
 
 import numpy as np
+import pytest
 
-from conftest import MODELS, NUM_TEST_IMAGES
+from conftest import MODELS, NUM_TEST_IMAGES, TRAINED_FIXTURES
 from helpers import ap_against_reference
 from synthetic_images import make_labelled_image
 
 
-def test_trained_fixture_finds_the_shapes(fixture_model):
+@pytest.mark.parametrize("name", TRAINED_FIXTURES)
+def test_trained_fixture_finds_the_shapes(name, fixture_model):
     """TF's own detections on held-out images, scored against the drawn shapes (rectangle vs ellipse)."""
-    _, _, reference = fixture_model("d0_trained")
-    size = MODELS["d0_trained"]["image_size"]
+    _, _, reference = fixture_model(name)
+    size = MODELS[name]["image_size"]
     truth, found = [], []
     for seed, image in enumerate(reference.images):
         drawn, boxes, classes = make_labelled_image(size, size, seed)
@@ -20,6 +22,6 @@ def test_trained_fixture_finds_the_shapes(fixture_model):
         found.append(reference.detections(image))
     ap = ap_against_reference(truth, found)
     shown = sum(len(scores) for _, scores, _ in found)
-    print(f"trained D0 on {NUM_TEST_IMAGES} held-out images: COCO AP {ap:.3f}, {shown} detections")
-    assert ap >= 0.7  # measured 0.88
+    print(f"{name} on {NUM_TEST_IMAGES} held-out images: COCO AP {ap:.3f}, {shown} detections")
+    assert ap >= 0.5  # measured 0.78 (D0), 0.71 (Lite0)
     assert shown <= NUM_TEST_IMAGES * 20  # confident detections, not the random fixtures' 100 per image
