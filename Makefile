@@ -31,8 +31,9 @@ typecheck: install
 	$(VENV)/bin/pyright -p pyrightconfig.trt11.json
 
 # End to end on the CPU: a real EfficientDet SavedModel (AutoML's code, trained for a few minutes on
-# synthetic shapes; DEMO_STEPS=1600 is the tests' model, sharing their cached weights) -> ONNX ->
-# detections on new images like those it was trained on (minutes of training generalise to little else).
+# synthetic shapes; DEMO_SIZE=128 DEMO_STEPS=1600 is the tests' model, sharing their cached weights)
+# -> ONNX -> detections on new images like those it was trained on (minutes of training generalise
+# to little else).
 demo: install
 	test -f $(DEMO)/saved_model/saved_model.pb || $(PY) tests/fixtures/make_automl_savedmodel.py \
 		--model_name $(DEMO_MODEL) --image_size $(DEMO_SIZE) --train_steps $(DEMO_STEPS) \

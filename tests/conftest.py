@@ -38,7 +38,7 @@ MODELS = {
     "d0_soft": dict(model_name="efficientdet-d0", image_size=256, nms_method="gaussian", score_thresh=0.0),
     # Trained for 1600 steps on the synthetic shapes (about 7 min each on two cores, once):
     # real, confident detections, on which FP16 and INT8 can be judged. 128x128 trains
-    # 3.5 times faster than 256x256 and quantizes as well (INT8 0.93 vs 0.94 on D0).
+    # about 3 times faster than 256x256 and quantizes as well (INT8 0.93 vs 0.94 on D0).
     "d0_trained": dict(model_name="efficientdet-d0", image_size=128, nms_method="hard", score_thresh=0.4,
                        train_steps=1600),
     "lite0_trained": dict(model_name="efficientdet-lite0", image_size=128, nms_method="hard", score_thresh=0.4,

@@ -9,10 +9,11 @@ import precision
 from helpers import as_input, matched_fraction, per_image, save_and_open
 
 
-# FP16's ~1e-3 relative precision flips some NMS decisions between overlapping
-# boxes of near-equal score (the random fixtures' 100 detections per image are
-# dense): measured 795/800 on D0 and 782/800 (97.8%) on Lite0. The trained
-# fixtures' few confident detections all survive.
+# The random fixtures fill all 100 output slots with near-ties, so FP16's ~1e-3
+# relative precision moves the top-100 cut and flips a few NMS decisions:
+# measured 795/800 on D0 and 782/800 (97.8%) on Lite0, where 16 of the 18 lost
+# detections score within 0.01 of the image's 100th. The trained fixtures' few
+# confident detections all survive (33/33 each).
 @pytest.mark.parametrize("fixture,legacy,required", [("d0_hard", False, 0.98), ("lite0_hard", False, 0.96),
                                                      ("d0_hard", True, 0.98), ("d0_trained", False, 0.98),
                                                      ("lite0_trained", False, 0.98)])
