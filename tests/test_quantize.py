@@ -34,8 +34,8 @@ def _image_size(name):
     resizes them); the trained models see square images like those they were
     trained on (users calibrate on their own kind of data).
     """
-    size = MODELS[name]["image_size"]
-    return (size, size) if name in TRAINED_FIXTURES else (320, 240)
+    height, width = _input_hw(name)
+    return (width, height) if name in TRAINED_FIXTURES else (320, 240)
 
 
 def _quantized(fixture_model, folder, name):
