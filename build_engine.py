@@ -21,6 +21,7 @@ import time
 
 from calibration import CACHE_KINDS
 from common import UserError, run_cli, setup_logging, write_bytes_atomic
+from self_check import write_checked_onnx
 
 log = logging.getLogger("build_engine")
 
@@ -98,7 +99,7 @@ def build(args, model, batcher):
     if in_onnx:
         model = graph_to_build(model, args, batcher)
     if args.save_onnx:
-        write_bytes_atomic(args.save_onnx, model.SerializeToString())
+        write_checked_onnx(args.save_onnx, model)
     logger = trt_adapter.make_logger(args.verbose)
     trt_adapter.init_plugins(logger)
     builder = trt.Builder(logger)
@@ -156,7 +157,7 @@ def main(argv=None):
     model = load_onnx(args.onnx)
     batcher = check_calibration(args, model)
     if not args.engine:
-        write_bytes_atomic(args.save_onnx, graph_to_build(model, args, batcher).SerializeToString())
+        write_checked_onnx(args.save_onnx, graph_to_build(model, args, batcher))
         log.info("wrote the %s graph to %s (no engine built)", args.precision, args.save_onnx)
         return 0
     build(args, model, batcher)

@@ -32,8 +32,12 @@ def run_cli(main, argv=None):
 
 
 @contextlib.contextmanager
-def atomic_output(path, mode="wb"):
-    """Open a temporary file beside `path`; rename it over `path` only on success."""
+def atomic_output(path, mode="wb", check=None):
+    """Open a temporary file beside `path`; rename it over `path` only on success.
+
+    `check(temporary_path)`, if given, runs on the complete file before the
+    rename; an exception from it leaves `path` as it was.
+    """
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise UserError(f"{path}: the folder {folder} does not exist; create it first")
@@ -41,6 +45,8 @@ def atomic_output(path, mode="wb"):
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle
+        if check is not None:
+            check(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -48,6 +54,6 @@ def atomic_output(path, mode="wb"):
         raise
 
 
-def write_bytes_atomic(path, data):
-    with atomic_output(path, "wb") as handle:
+def write_bytes_atomic(path, data, check=None):
+    with atomic_output(path, "wb", check) as handle:
         handle.write(data)

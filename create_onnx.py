@@ -5,8 +5,10 @@ The graph takes float32 RGB images in 0-255 named `input`, normalises them as th
 model expects, and ends in TensorRT's EfficientNMS_TRT plugin (or BatchedNMS_TRT
 with --legacy_plugins) with outputs num_detections [N,1] int32, detection_boxes
 [N,D,4] (ymin, xmin, ymax, xmax in input pixels), detection_scores [N,D] and
-detection_classes [N,D] int32 (0-based). Check the result on CPU with
-`infer.py --onnx`, then build an engine with build_engine.py.
+detection_classes [N,D] int32 (0-based). The written graph is checked
+before it is kept: ONNX Runtime loads it and runs one image through it
+(self_check.py). Check it on your images with `infer.py --onnx`, then build
+an engine with build_engine.py.
 """
 
 import argparse
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from common import UserError, run_cli, setup_logging, write_bytes_atomic
+from self_check import write_checked_onnx
 
 log = logging.getLogger("create_onnx")
 
@@ -184,7 +187,7 @@ def build_graph(converted, input_shape=None, input_format=None, input_size=None,
                                   detections, score, iou, class_agnostic)
     surgery.cleanup(graph)
     graph = surgery.fold_constants(graph)
-    surgery.precompute_resize_scales(graph)
+    surgery.make_resizes_exact(graph)
     surgery.make_reshapes_batch_agnostic(graph, 1)
     surgery.set_batch_dim(graph, batch)
     if onnx_nms:
@@ -245,7 +248,7 @@ def main(argv=None):
     model = build_graph(converted, args.input_shape, args.input_format, args.input_size, args.preprocessor,
                         args.nms_threshold, args.iou_threshold, args.nms_detections, args.legacy_plugins,
                         args.class_agnostic, args.onnx_nms)
-    write_bytes_atomic(args.onnx, model.SerializeToString())
+    write_checked_onnx(args.onnx, model)
     log.info("wrote %s in %.1f s", args.onnx, time.perf_counter() - start)
     return 0
 

@@ -380,24 +380,102 @@ def fold_constants(graph, passes=3):
     return infer_shapes(graph)
 
 
-def precompute_resize_scales(graph):
-    """Give every Resize constant `scales` (TensorRT wants static scales, not shape-computed sizes)."""
-    changed = 0
-    for node in graph.nodes:
+def nearest_source_indices(in_size, out_size):
+    """Source rows TensorFlow's resize_nearest_neighbor reads for each output row.
+
+    AutoML upsamples with tf.compat.v1.image.resize_nearest_neighbor
+    (align_corners and half_pixel_centers off): row i reads
+    min(floor(i * float32(in / out)), in - 1), in float32.
+    """
+    scale = np.float32(in_size) / np.float32(out_size)
+    positions = np.arange(out_size, dtype=np.float32)
+    return np.minimum(np.floor(positions * scale), in_size - 1).astype(np.int64)
+
+
+def proven_resize_scale(in_size, out_size, search_ulps=8):
+    """A float32 scale for ONNX Resize (nearest, asymmetric, floor) that is exact for in -> out, or None.
+
+    Exact means: the output size floor(in * scale) is `out` whether a runtime
+    multiplies in float32 or float64 (out / in rounded to float32 can floor
+    one short: 3 * float32(5/3) is 4.9999998 in float64), and every output row reads the
+    row TensorFlow reads, whether the runtime divides by the scale (ONNX
+    Runtime) or multiplies by its reciprocal. Candidates are the float32
+    values within `search_ulps` of out / in.
+    """
+    want = nearest_source_indices(in_size, out_size)
+    positions = np.arange(out_size, dtype=np.float32)
+    centre = np.float32(out_size) / np.float32(in_size)
+    candidates = [centre]
+    above = below = centre
+    for _ in range(search_ulps):
+        above, below = np.nextafter(above, np.float32(np.inf)), np.nextafter(below, np.float32(0))
+        candidates += [above, below]
+    for scale in candidates:
+        sizes = (int(np.floor(np.float32(in_size) * scale)), int(np.floor(float(in_size) * float(scale))))
+        if sizes != (out_size, out_size):
+            continue
+        reciprocal = np.float32(1) / scale
+        if all(np.array_equal(np.minimum(np.floor(rows), in_size - 1), want)
+               for rows in (positions / scale, positions * reciprocal)):
+            return float(scale)
+    return None
+
+
+def _is_tf_nearest(node):
+    return (node.attrs.get("mode", "nearest") == "nearest"
+            and node.attrs.get("coordinate_transformation_mode", "half_pixel") == "asymmetric"
+            and node.attrs.get("nearest_mode", "round_prefer_floor") == "floor")
+
+
+def _resize_as_gathers(graph, node, in_hw, out_hw):
+    """Replace a nearest Resize by Gathers of TensorFlow's exact source rows and columns (any sizes)."""
+    current = node.inputs[0]
+    for axis, (in_size, out_size) in zip((2, 3), zip(in_hw, out_hw)):
+        if in_size == out_size:
+            continue
+        indices = gs.Constant(f"{node.name}/rows_axis{axis}", nearest_source_indices(in_size, out_size))
+        out = gs.Variable(f"{node.name}/gather_axis{axis}", dtype=current.dtype)
+        graph.nodes.append(gs.Node("Gather", f"{node.name}/gather_axis{axis}", attrs={"axis": axis},
+                                   inputs=[current, indices], outputs=[out]))
+        current = out
+    graph.nodes.append(gs.Node("Identity", f"{node.name}/exact", inputs=[current], outputs=list(node.outputs)))
+    node.outputs.clear()
+
+
+def make_resizes_exact(graph):
+    """Give every Resize constant scales that produce exactly the size (and the pixels) TensorFlow's graph does.
+
+    TensorRT wants static scales, not shape-computed sizes; a scale of out / in
+    rounded to float32 can give one row too few (Lite0 at 320: P7 3x3 -> P6
+    5x5 came out 4x4, and the graph would not load). Nearest upsampling (all
+    EfficientDet uses) gets a proven scale (`proven_resize_scale`), or where no
+    float32 scale is exact, Gathers of TensorFlow's source rows and columns.
+    """
+    scaled = gathered = 0
+    for node in list(graph.nodes):
         if node.op != "Resize" or len(node.inputs) < 3:
             continue
         data, output = node.inputs[0], node.outputs[0]
-        has_sizes = len(node.inputs) == 4 and not (_constant(node.inputs[3]) is not None and _constant(node.inputs[3]).size == 0)
-        scales = _constant(node.inputs[2])
-        if not has_sizes and scales is not None and scales.size == 4:
+        spatial = (data.shape or [])[2:] + (output.shape or [])[2:]
+        if len(spatial) != 4 or any(not isinstance(d, int) for d in spatial):
+            raise UserError(f"cannot make {node.name} exact: its spatial shape is not static")
+        in_hw, out_hw = spatial[:2], spatial[2:]
+        if _is_tf_nearest(node):
+            scales = [proven_resize_scale(i, o) if i != o else 1.0 for i, o in zip(in_hw, out_hw)]
+        else:
+            scales = [o / i for i, o in zip(in_hw, out_hw)]
+            if any(int(np.floor(np.float32(i) * np.float32(s))) != o for i, o, s in zip(in_hw, out_hw, scales)):
+                raise UserError(f"{node.name} ({node.attrs.get('mode')}) resizes {in_hw} to {out_hw}, which no "
+                                "constant scale reproduces; export the model at a size whose feature maps halve evenly")
+        if any(scale is None for scale in scales):
+            _resize_as_gathers(graph, node, in_hw, out_hw)
+            gathered += 1
             continue
-        if data.shape is None or output.shape is None or any(not isinstance(d, int) for d in data.shape[2:] + output.shape[2:]):
-            raise UserError(f"cannot precompute the scales of {node.name}: its spatial shape is not static")
-        values = np.array([1.0, 1.0] + [o / i for o, i in zip(output.shape[2:], data.shape[2:])], np.float32)
-        roi = node.inputs[1] if len(node.inputs) > 1 else gs.Constant(f"{node.name}/roi", np.array([], np.float32))
-        node.inputs = [data, roi, gs.Constant(f"{node.name}/scales", values)]
-        changed += 1
-    log.info("precomputed scales for %d Resize nodes", changed)
+        roi = node.inputs[1]
+        node.inputs = [data, roi, gs.Constant(f"{node.name}/scales", np.array([1.0, 1.0] + scales, np.float32))]
+        scaled += 1
+    cleanup(graph)
+    log.info("resizes: %d with exact constant scales, %d as exact Gathers", scaled, gathered)
 
 
 def make_reshapes_batch_agnostic(graph, batch):

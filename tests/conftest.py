@@ -23,7 +23,7 @@ FIXTURE_DIR = ROOT / "tests" / "fixtures"
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(FIXTURE_DIR))
 
-from make_automl_savedmodel import source_digest  # noqa: E402
+from make_automl_savedmodel import parse_image_size, source_digest  # noqa: E402
 from synthetic_images import make_image  # noqa: E402
 
 CACHE = Path(os.environ.get("EFFDET_TEST_CACHE", ROOT / ".cache" / "fixtures"))
@@ -43,9 +43,18 @@ MODELS = {
                        train_steps=1600),
     "lite0_trained": dict(model_name="efficientdet-lite0", image_size=128, nms_method="hard", score_thresh=0.4,
                           train_steps=1600),
+    # Native sizes whose feature pyramid does not halve evenly: Lite0 at its own 320
+    # (P7 3x3 -> P6 5x5) and a custom non-square D0 (AutoML's "WxH", P7 5x3 <- 10x6).
+    "lite0_320": dict(model_name="efficientdet-lite0", image_size=320, nms_method="hard", score_thresh=0.4),
+    "d0_640x384": dict(model_name="efficientdet-d0", image_size="640x384", nms_method="hard", score_thresh=0.4),
 }
 TRAINED_FIXTURES = ["d0_trained", "lite0_trained"]
 NUM_TEST_IMAGES = 8
+
+
+def input_hw(name):
+    """(height, width) of fixture `name`'s input (image_size is AutoML's: 256, or "WxH")."""
+    return parse_image_size(MODELS[name]["image_size"])
 
 
 def saved_model_path(name):
@@ -68,11 +77,11 @@ def saved_model_path(name):
 class TFReference:
     """A fixture SavedModel run in TensorFlow on the test images."""
 
-    def __init__(self, path, size):
+    def __init__(self, path, hw):
         import tensorflow as tf
 
         self.path = path
-        self.images = [np.asarray(make_image(size, size, seed)[0]) for seed in range(NUM_TEST_IMAGES)]
+        self.images = [np.asarray(make_image(hw[1], hw[0], seed)[0]) for seed in range(NUM_TEST_IMAGES)]
         self.graph = tf.Graph()
         self.session = tf.compat.v1.Session(graph=self.graph)
         with self.graph.as_default():
@@ -100,7 +109,7 @@ def fixture_model():
         if name not in made:
             path = saved_model_path(name)
             converted = create_onnx.convert_saved_model(path)
-            made[name] = (path, converted, TFReference(path, MODELS[name]["image_size"]))
+            made[name] = (path, converted, TFReference(path, input_hw(name)))
         return made[name]
 
     return get

@@ -21,11 +21,12 @@ def as_input(images, layout):
 
 
 def per_image(outputs, index, clip_to=None):
-    """(boxes, scores, classes) of image `index` from the four runner outputs."""
+    """(boxes, scores, classes) of image `index` from the four runner outputs, clipped to (H, W) if given."""
     count = int(outputs["num_detections"][index, 0])
     boxes = outputs["detection_boxes"][index, :count]
     if clip_to is not None:
-        boxes = np.clip(boxes, 0, clip_to)
+        height, width = clip_to
+        boxes = np.clip(boxes, 0, np.array([height, width, height, width], np.float32))
     return boxes, outputs["detection_scores"][index, :count], outputs["detection_classes"][index, :count].astype(np.int64)
 
 

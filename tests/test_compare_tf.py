@@ -9,13 +9,13 @@ import onnx
 from PIL import Image
 
 import create_onnx
-from conftest import MODELS, NUM_TEST_IMAGES, ROOT
+from conftest import NUM_TEST_IMAGES, ROOT, input_hw
 from synthetic_images import make_image
 
 
 def test_compare_tf_on_the_hard_nms_fixture(fixture_model, tmp_path):
     path, converted, _ = fixture_model("d0_hard")
-    size = MODELS["d0_hard"]["image_size"]
+    size, _ = input_hw("d0_hard")
     onnx_path = tmp_path / "d0-agnostic.onnx"
     onnx.save(create_onnx.build_graph(converted, class_agnostic=True), str(onnx_path))
     images = tmp_path / "images"

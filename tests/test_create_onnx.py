@@ -10,23 +10,24 @@ import pytest
 
 import create_onnx
 import nms_reference
-from conftest import MODELS, ROOT
+from conftest import ROOT, input_hw
 from helpers import as_input, matched_fraction, per_image, save_and_open
 
-HARD_FIXTURES = ["d0_hard", "lite0_hard", "d0_trained", "lite0_trained"]
+HARD_FIXTURES = ["d0_hard", "lite0_hard", "d0_trained", "lite0_trained", "lite0_320", "d0_640x384"]
 # TF detections on the 8 test images: the random-weight fixtures give 100 per
 # image, the trained ones find the few shapes (32 and 33 detections on the 8 images).
-MIN_DETECTIONS = {"d0_hard": 8 * 50, "lite0_hard": 8 * 50, "d0_trained": 8 * 3, "lite0_trained": 8 * 3}
+MIN_DETECTIONS = {"d0_hard": 8 * 50, "lite0_hard": 8 * 50, "d0_trained": 8 * 3, "lite0_trained": 8 * 3,
+                  "lite0_320": 8 * 50, "d0_640x384": 8 * 50}
 HEAD_TOLERANCE = 1e-4
 
 # (input_shape, batch sizes to run it at)
 VARIANTS = [
-    ("N,{s},{s},3", (1, 4, 7)),
-    ("N,3,{s},{s}", (1, 4, 7)),
-    ("1,{s},{s},3", (1,)),
-    ("1,3,{s},{s}", (1,)),
-    ("4,{s},{s},3", (4,)),
-    ("4,3,{s},{s}", (4,)),
+    ("N,{h},{w},3", (1, 4, 7)),
+    ("N,3,{h},{w}", (1, 4, 7)),
+    ("1,{h},{w},3", (1,)),
+    ("1,3,{h},{w}", (1,)),
+    ("4,{h},{w},3", (4,)),
+    ("4,3,{h},{w}", (4,)),
 ]
 
 
@@ -51,8 +52,8 @@ def _tf_heads(reference, names, cache={}):
 def test_parity_with_tensorflow(fixture, shape, run_batches, fixture_model, work_dir):
     """Pre-NMS heads match TF to 1e-4; with AutoML's own (global) NMS, >= 99% of TF's detections match."""
     _, converted, reference = fixture_model(fixture)
-    size = MODELS[fixture]["image_size"]
-    input_shape = shape.format(s=size)
+    height, width = input_hw(fixture)
+    input_shape = shape.format(h=height, w=width)
     model = create_onnx.build_graph(converted, input_shape=input_shape, class_agnostic=True)
     name = f"{fixture}-{input_shape.replace(',', 'x')}.onnx"
     runner = save_and_open(model, work_dir / name)
@@ -72,7 +73,7 @@ def test_parity_with_tensorflow(fixture, shape, run_batches, fixture_model, work
                 for head, tf_value in zip(head_names, tf_heads[index]):
                     worst = max(worst, float(np.abs(raw[head][row] - tf_value[0]).max()))
                 fraction, count = matched_fraction(reference.detections(reference.images[index]),
-                                                   per_image(outputs, row, clip_to=size))
+                                                   per_image(outputs, row, clip_to=(height, width)))
                 matched += round(fraction * count)
                 total += count
     print(f"{fixture} {input_shape}: max |head delta| {worst:.2e}, matched {matched}/{total}")
@@ -89,7 +90,6 @@ def test_default_per_class_nms_equals_reference_on_tf_heads(fixture, fixture_mod
     op, attrs, inputs, _ = runner.plugin
     assert op == "EfficientNMS_TRT" and attrs["class_agnostic"] == 0
     params = nms_reference.EfficientNMSParams.from_attrs(attrs)
-    size = MODELS[fixture]["image_size"]
     matched = total = global_matched = 0
     for index, image in enumerate(reference.images):
         boxes, scores = _tf_heads(reference, inputs[:2])[index]
@@ -99,7 +99,7 @@ def test_default_per_class_nms_equals_reference_on_tf_heads(fixture, fixture_mod
         fraction, count = matched_fraction(per_image(expected, 0), per_image(ours, 0))
         matched += round(fraction * count)
         total += count
-        fraction, count = matched_fraction(reference.detections(image), per_image(ours, 0, clip_to=size))
+        fraction, count = matched_fraction(reference.detections(image), per_image(ours, 0, clip_to=input_hw(fixture)))
         global_matched += round(fraction * count)
     print(f"{fixture}: per-class NMS keeps {global_matched}/{total} of TensorFlow's global-NMS detections")
     assert matched / total >= 0.99
@@ -195,7 +195,7 @@ def test_soft_nms_model_converts_to_hard_nms(fixture_model, work_dir, caplog):
     matched = total = 0
     for image in reference.images:
         ours = runner.infer({"input": as_input([image], "NHWC")})
-        fraction, count = matched_fraction(reference.detections(image), per_image(ours, 0, clip_to=256),
+        fraction, count = matched_fraction(reference.detections(image), per_image(ours, 0, clip_to=input_hw("d0_soft")),
                                            min_iou=0.99, max_score_delta=None)
         matched += round(fraction * count)
         total += count

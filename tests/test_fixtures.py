@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from conftest import MODELS, NUM_TEST_IMAGES, TRAINED_FIXTURES
+from conftest import NUM_TEST_IMAGES, TRAINED_FIXTURES, input_hw
 from helpers import ap_against_reference
 from synthetic_images import make_labelled_image
 
@@ -12,10 +12,10 @@ from synthetic_images import make_labelled_image
 def test_trained_fixture_finds_the_shapes(name, fixture_model):
     """TF's own detections on held-out images, scored against the drawn shapes (rectangle vs ellipse)."""
     _, _, reference = fixture_model(name)
-    size = MODELS[name]["image_size"]
+    height, width = input_hw(name)
     truth, found = [], []
     for seed, image in enumerate(reference.images):
-        drawn, boxes, classes = make_labelled_image(size, size, seed)
+        drawn, boxes, classes = make_labelled_image(width, height, seed)
         assert np.array_equal(np.asarray(drawn), image)
         truth.append((np.array([[y1, x1, y2, x2] for x1, y1, x2, y2 in boxes], np.float32),
                       np.ones(len(boxes)), np.array(classes) - 1))

@@ -13,18 +13,12 @@ import create_onnx
 import precision
 import quantize
 from common import UserError
-from conftest import MODELS, ROOT, TRAINED_FIXTURES
+from conftest import ROOT, TRAINED_FIXTURES, input_hw
 from helpers import ap_against_reference, per_image, save_and_open
 from image_batcher import ImageBatcher
 from synthetic_images import write_images
 
 NUM_EVAL_IMAGES = 32
-
-
-def _input_hw(name):
-    """(height, width) of fixture `name`'s input."""
-    size = MODELS[name]["image_size"]
-    return size, size
 
 
 def _image_size(name):
@@ -34,7 +28,7 @@ def _image_size(name):
     resizes them); the trained models see square images like those they were
     trained on (users calibrate on their own kind of data).
     """
-    height, width = _input_hw(name)
+    height, width = input_hw(name)
     return (width, height) if name in TRAINED_FIXTURES else (320, 240)
 
 
@@ -46,7 +40,7 @@ def _quantized(fixture_model, folder, name):
     write_images(str(folder / "calib"), 32, width, height, seed=1000, ext="jpg")
     write_images(str(folder / "eval"), NUM_EVAL_IMAGES, width, height, seed=0, ext="jpg")
     cache = folder / f"{name}.cache"
-    batcher = ImageBatcher(str(folder / "calib"), _input_hw(name), "NHWC", 8, exact_batches=True, shuffle=True)
+    batcher = ImageBatcher(str(folder / "calib"), input_hw(name), "NHWC", 8, exact_batches=True, shuffle=True)
     int8 = quantize.to_int8(model, False, batcher, str(cache))
     mixed = quantize.to_int8(model, True, None, str(cache))
     return model, folder, cache, int8, mixed
@@ -152,7 +146,7 @@ def test_int8_and_mixed_accuracy_against_fp32(name, quantized, tmp_path):
                                ("fp16", precision.to_fp16(model)))}
     found = {kind: [] for kind in runners}
     head_error = {kind: [] for kind in runners}
-    for batch, infos in ImageBatcher(str(folder / "eval"), _input_hw(name), "NHWC", 8):
+    for batch, infos in ImageBatcher(str(folder / "eval"), input_hw(name), "NHWC", 8):
         raw = {kind: runner.infer_raw({"input": batch}) for kind, runner in runners.items()}
         for kind, runner in runners.items():
             outputs = runner.infer({"input": batch})
@@ -223,11 +217,11 @@ def test_minmax_scale_of_the_stem_input_is_its_largest_normalised_value(d0, tmp_
     sub = [n for n in graph.nodes if n.op == "Sub" and n.inputs[0].name == "input"][0]
     mul = sub.outputs[0].outputs[0]
     mean, inv_std = sub.inputs[1].values, mul.inputs[1].values
-    batches = [batch.copy() for batch, _ in ImageBatcher(str(folder / "calib"), _input_hw("d0_hard"), "NHWC", 8,
+    batches = [batch.copy() for batch, _ in ImageBatcher(str(folder / "calib"), input_hw("d0_hard"), "NHWC", 8,
                                                          exact_batches=True, shuffle=True)]
     peak = max(float(np.abs((batch - mean) * inv_std).max()) for batch in batches)
     cache = tmp_path / "minmax.cache"
-    batcher = ImageBatcher(str(folder / "calib"), _input_hw("d0_hard"), "NHWC", 8, exact_batches=True, shuffle=True)
+    batcher = ImageBatcher(str(folder / "calib"), input_hw("d0_hard"), "NHWC", 8, exact_batches=True, shuffle=True)
     quantize.to_int8(model, False, batcher, str(cache), method="minmax")
     stem = [n for n in graph.nodes if n.op == "Conv" and "/stem/" in n.name][0]
     assert calibration.read_cache(str(cache), "minmax")[stem.inputs[0].name] == pytest.approx(peak / 127, rel=1e-5)
