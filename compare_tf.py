@@ -18,7 +18,7 @@ import os
 import numpy as np
 from tqdm import tqdm
 
-from common import atomic_output, run_cli, setup_logging
+from common import UserError, atomic_output, run_cli, setup_logging
 
 log = logging.getLogger("compare_tf")
 
@@ -42,6 +42,23 @@ def reference_as_coco(per_image, sizes):
     return coco
 
 
+def compare_layers(args):
+    """--layers: TensorFlow and ONNX Runtime tensor by tensor on the first image."""
+    import layer_compare
+    from image_batcher import ImageBatcher
+    from runners import OnnxCpuRunner, TFSavedModelRunner
+
+    with OnnxCpuRunner(args.onnx) as ours, TFSavedModelRunner(args.saved_model, ours.input_hw) as tf_runner:
+        batcher = ImageBatcher(args.input, ours.input_hw, "NHWC", 1, max_num_images=1)
+        batch, infos = next(iter(batcher))
+        image = np.clip(np.rint(batch[0]), 0, 255).astype(np.uint8)  # the pixels TFSavedModelRunner feeds
+        rows = layer_compare.compare_layers(args.onnx, tf_runner, image, ours.input_layout)
+    print(f"{infos[0].path}:")
+    for line in layer_compare.report(rows, args.layer_tolerance):
+        print(line)
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("-m", "--saved_model", required=True, help="the TensorFlow SavedModel the model came from")
@@ -55,9 +72,18 @@ def main(argv=None):
                         "on both sides")
     parser.add_argument("--match_iou", type=float, default=0.5, help="IoU a match needs (same class as well)")
     parser.add_argument("--max_images", type=int, default=None, help="compare only the first N images")
+    parser.add_argument("--layers", action="store_true", help="instead of detections, compare every tensor the "
+                        "two graphs share (tf2onnx keeps TensorFlow's names) on the first image, in graph order, "
+                        "and name the first one that differs by more than --layer_tolerance (needs --onnx)")
+    parser.add_argument("--layer_tolerance", type=float, default=1e-3,
+                        help="with --layers: relative difference (max |delta| / max |TF|) reported as growing")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
+    if args.layers and not args.onnx:
+        raise UserError("--layers compares the ONNX graph's tensors with TensorFlow's: give --onnx")
+    if args.layers:
+        return compare_layers(args)
 
     import coco_eval
     from detections import Detections, coco_results, match_detections, split_batch

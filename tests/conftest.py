@@ -44,9 +44,9 @@ MODELS = {
     "lite0_trained": dict(model_name="efficientdet-lite0", image_size=128, nms_method="hard", score_thresh=0.4,
                           train_steps=1600),
     # Native sizes whose feature pyramid does not halve evenly: Lite0 at its own 320
-    # (P7 3x3 -> P6 5x5) and a custom non-square D0 (AutoML's "WxH", P7 5x3 <- 10x6).
+    # (P7 3x3 -> P6 5x5) and a custom non-square D0 (AutoML's "WxH": P7 3x5 -> P6 5x10).
     "lite0_320": dict(model_name="efficientdet-lite0", image_size=320, nms_method="hard", score_thresh=0.4),
-    "d0_640x384": dict(model_name="efficientdet-d0", image_size="640x384", nms_method="hard", score_thresh=0.4),
+    "d0_640x320": dict(model_name="efficientdet-d0", image_size="640x320", nms_method="hard", score_thresh=0.4),
 }
 TRAINED_FIXTURES = ["d0_trained", "lite0_trained"]
 NUM_TEST_IMAGES = 8

@@ -13,11 +13,11 @@ import nms_reference
 from conftest import ROOT, input_hw
 from helpers import as_input, matched_fraction, per_image, save_and_open
 
-HARD_FIXTURES = ["d0_hard", "lite0_hard", "d0_trained", "lite0_trained", "lite0_320", "d0_640x384"]
+HARD_FIXTURES = ["d0_hard", "lite0_hard", "d0_trained", "lite0_trained", "lite0_320", "d0_640x320"]
 # TF detections on the 8 test images: the random-weight fixtures give 100 per
 # image, the trained ones find the few shapes (32 and 33 detections on the 8 images).
 MIN_DETECTIONS = {"d0_hard": 8 * 50, "lite0_hard": 8 * 50, "d0_trained": 8 * 3, "lite0_trained": 8 * 3,
-                  "lite0_320": 8 * 50, "d0_640x384": 8 * 50}
+                  "lite0_320": 8 * 50, "d0_640x320": 8 * 50}
 HEAD_TOLERANCE = 1e-4
 
 # (input_shape, batch sizes to run it at)

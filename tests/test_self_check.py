@@ -68,7 +68,7 @@ def test_a_good_graph_passes_and_is_written(fixture_model, tmp_path):
     assert outputs["detection_boxes"].shape == (1, 100, 4)
 
 
-@pytest.mark.parametrize("fixture", ["lite0_320", "d0_640x384"])
+@pytest.mark.parametrize("fixture", ["lite0_320", "d0_640x320"])
 def test_cli_converts_native_sizes_that_do_not_halve_evenly(fixture, fixture_model, tmp_path):
     path, _, _ = fixture_model(fixture)
     output = tmp_path / "model.onnx"
