@@ -21,6 +21,7 @@ import time
 
 from calibration import CACHE_KINDS
 from common import UserError, run_cli, setup_logging, write_bytes_atomic
+from image_batcher import add_preprocessing_argument
 from self_check import write_checked_onnx
 
 log = logging.getLogger("build_engine")
@@ -75,15 +76,16 @@ def check_calibration(args, model):
     if not args.calib_input:
         raise UserError(f"--precision {args.precision} needs calibration images (--calib_input) or an existing "
                         "calibration cache (--calib_cache)")
-    from image_batcher import ImageBatcher
-    from runners import image_layout, onnx_input_shape
+    from image_batcher import ImageBatcher, Preprocessing
+    from runners import image_layout, onnx_input_mean, onnx_input_shape
 
     shape = onnx_input_shape(model)
     if shape[0] is not None and shape[0] != args.calib_batch_size:
         raise UserError(f"{args.onnx} has a fixed batch of {shape[0]}: calibrate with --calib_batch_size {shape[0]}")
     layout, size = image_layout(shape, args.onnx)
     return ImageBatcher(args.calib_input, size, layout, args.calib_batch_size,
-                        max_num_images=args.calib_num_images, exact_batches=True, shuffle=True)
+                        max_num_images=args.calib_num_images, exact_batches=True, shuffle=True,
+                        preprocessing=Preprocessing.for_model(args.preprocessing, onnx_input_mean(model)))
 
 
 def build(args, model, batcher):
@@ -139,6 +141,7 @@ def main(argv=None):
                         "largest |value| seen (minmax, no clipping)")
     parser.add_argument("--calib_num_images", type=int, default=5000, help="calibration images to use at most")
     parser.add_argument("--calib_batch_size", type=int, default=8, help="calibration batch size")
+    add_preprocessing_argument(parser)
     parser.add_argument("--batch_size", type=int, default=1, help="batch to build for (dynamic-batch ONNX without "
                         "--dynamic_batch_size)")
     parser.add_argument("--dynamic_batch_size", type=parse_batch_range, default=None, metavar="MIN,OPT,MAX",

@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
 """Compare an EfficientDet engine (or its ONNX on the CPU) with the TensorFlow SavedModel it came from.
 
-Both models are fed the same pixels (the model-size canvases ImageBatcher makes),
-so what is measured is the conversion, not two resize implementations. Prints
+By default both models are fed the same pixels (the model-size canvases
+ImageBatcher makes), so what is measured is the conversion alone; with
+--tf_input raw TensorFlow gets the decoded image and resizes and pads it with
+its own graph, so our preprocessing (--preprocessing) is measured too. Prints
 the share of TensorFlow's detections that ours matches (same class, IoU at least
---match_iou), their mean IoU and largest score difference, and the COCO AP of
-ours scored against TensorFlow's detections as ground truth. Writes side-by-side
+--match_iou), their mean IoU and largest score difference, the COCO AP of ours
+scored against TensorFlow's detections as ground truth and, for an ONNX graph,
+the largest difference of the pre-NMS heads. Writes side-by-side
 visualizations (TensorFlow | ours | ground truth when --annotations is given).
+--layers compares the two graphs tensor by tensor instead (layer_compare.py).
 """
 
 import argparse
@@ -19,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from common import UserError, atomic_output, run_cli, setup_logging
+from image_batcher import add_preprocessing_argument
 
 log = logging.getLogger("compare_tf")
 
@@ -72,6 +77,11 @@ def main(argv=None):
                         "on both sides")
     parser.add_argument("--match_iou", type=float, default=0.5, help="IoU a match needs (same class as well)")
     parser.add_argument("--max_images", type=int, default=None, help="compare only the first N images")
+    parser.add_argument("--tf_input", choices=["canvas", "raw"], default="canvas",
+                        help="what TensorFlow is fed: canvas, the model-size pixels ours gets (measures the "
+                        "conversion alone); raw, the decoded image, resized and padded by TensorFlow's own graph "
+                        "(measures our --preprocessing too)")
+    add_preprocessing_argument(parser)
     parser.add_argument("--layers", action="store_true", help="instead of detections, compare every tensor the "
                         "two graphs share (tf2onnx keeps TensorFlow's names) on the first image, in graph order, "
                         "and name the first one that differs by more than --layer_tolerance (needs --onnx)")
@@ -87,7 +97,7 @@ def main(argv=None):
 
     import coco_eval
     from detections import Detections, coco_results, match_detections, split_batch
-    from image_batcher import ImageBatcher, load_rgb
+    from image_batcher import ImageBatcher, ImageInfo, Preprocessing, load_rgb
     from infer import DEFAULT_LABELS, open_runner, read_labels
     from runners import TFSavedModelRunner
     from visualize import concat_visualizations, visualize_detections
@@ -109,13 +119,29 @@ def main(argv=None):
     with open_runner(args) as ours, TFSavedModelRunner(args.saved_model, ours.input_hw) as tf_runner:
         spec = ours.input_spec()
         batcher = ImageBatcher(args.input, ours.input_hw, ours.input_layout, ours.fixed_batch or 1, spec.dtype,
-                               max_num_images=args.max_images)
+                               max_num_images=args.max_images,
+                               preprocessing=Preprocessing.for_runner(args.preprocessing, ours))
+        # The pre-NMS heads (TensorFlow's tensor names) when ONNX Runtime runs the graph up to a plugin.
+        heads = [item for item in ours.plugin[2] if isinstance(item, str)] if getattr(ours, "plugin", None) else []
+        head_deltas = [0.0] * len(heads)
         with tqdm(total=len(batcher.files), unit="img", desc="compare", disable=None) as progress:
             for batch, infos in batcher:
-                mine = split_batch(ours.infer({spec.name: batch}), infos, args.nms_threshold)
+                if args.tf_input == "canvas":
+                    batch = np.clip(np.rint(batch), 0, 255).astype(batch.dtype)  # TensorFlow takes uint8
+                raw = ours.infer_raw({spec.name: batch}) if heads else None
+                mine = split_batch(ours.apply_plugin(raw) if heads else ours.infer({spec.name: batch}), infos,
+                                   args.nms_threshold)
                 for row, (info, found) in enumerate(zip(infos, mine)):
-                    canvas = batch[row] if ours.input_layout == "NHWC" else batch[row].transpose(1, 2, 0)
-                    theirs = split_batch(tf_runner.infer({"input": canvas[None]}), [info], args.nms_threshold)[0]
+                    if args.tf_input == "raw":
+                        image = np.asarray(load_rgb(info.path)[0])
+                        tf_info = ImageInfo(info.path, info.width, info.height, 1.0, 1.0)  # TF maps boxes back
+                    else:
+                        canvas = batch[row] if ours.input_layout == "NHWC" else batch[row].transpose(1, 2, 0)
+                        image, tf_info = canvas.astype(np.uint8), info
+                    rows, tf_heads = tf_runner.run_image(image, heads)
+                    theirs = split_batch(tf_runner.as_outputs([rows]), [tf_info], args.nms_threshold)[0]
+                    for index, (name, value) in enumerate(zip(heads, tf_heads)):
+                        head_deltas[index] = max(head_deltas[index], float(np.abs(raw[name][row] - value[0]).max()))
                     ours_all.append(found)
                     tf_all.append(theirs)
                     sizes.append((info.width, info.height))
@@ -155,6 +181,9 @@ def main(argv=None):
           f"(same class, IoU >= {args.match_iou:g})")
     if ious:
         print(f"mean IoU of matched: {np.mean(ious):.4f}; max |score difference|: {np.max(deltas):.2e}")
+    if heads:
+        print("pre-NMS heads, max |ONNX - TensorFlow|: " + ", ".join(
+            f"{name} {delta:.2e}" for name, delta in zip(heads, head_deltas)))
     if evaluator is not None:
         print(f"AP of ours against TensorFlow as ground truth: AP@[.5:.95] {evaluator.stats[0]:.4f}, "
               f"AP50 {evaluator.stats[1]:.4f}")

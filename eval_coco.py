@@ -16,6 +16,7 @@ import time
 from tqdm import tqdm
 
 from common import UserError, atomic_output, run_cli, setup_logging
+from image_batcher import add_preprocessing_argument
 
 log = logging.getLogger("eval_coco")
 
@@ -47,13 +48,14 @@ def main(argv=None):
     parser.add_argument("--max_images", type=int, default=None, help="evaluate only the first N images")
     parser.add_argument("-b", "--batch_size", type=int, default=None, help="images per batch (default: model's, else 1)")
     parser.add_argument("--workers", type=int, default=None, help="image decoding threads")
+    add_preprocessing_argument(parser)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
 
     import coco_eval
     from detections import coco_results, split_batch
-    from image_batcher import ImageBatcher
+    from image_batcher import ImageBatcher, Preprocessing
     from infer import open_runner, read_labels
 
     if args.automl_path:
@@ -70,7 +72,8 @@ def main(argv=None):
         spec = runner.input_spec()
         batch_size = args.batch_size or runner.fixed_batch or 1
         batcher = ImageBatcher(args.input, runner.input_hw, runner.input_layout, batch_size, spec.dtype,
-                               max_num_images=args.max_images, workers=args.workers)
+                               max_num_images=args.max_images, workers=args.workers,
+                               preprocessing=Preprocessing.for_runner(args.preprocessing, runner))
         unknown = [p for p in batcher.files if os.path.basename(p) not in ids_by_name]
         if unknown:
             log.warning("%d image(s) are not in %s and are skipped, e.g. %s", len(unknown), args.annotations,

@@ -1,11 +1,20 @@
 """Read image files and turn them into model-ready batches.
 
-Shared by inference, INT8 calibration and COCO evaluation. Preprocessing is
-the one EfficientDet expects (and NVIDIA's sample used): RGB, aspect-preserving
-bilinear resize to fit the model's H x W, pasted top-left on a canvas filled
-with the ImageNet mean colour (so padding normalises to ~0), values kept in
-0-255 (the graph normalises). Each image also gets its resize scales, so
-detections map back to original pixels exactly, axis by axis.
+Shared by inference, INT8 calibration and COCO evaluation. Every image is
+RGB, resized with its aspect ratio kept to fit the model's H x W, pasted
+top-left and padded bottom/right, values kept in 0-255 (the graph
+normalises). Two ways to do that (`Preprocessing`):
+
+- `automl`: what AutoML's own serving graph does, to float32 precision: one
+  scale min(H/h, W/w) in float32, the resized size truncated
+  (int(h * scale)), TensorFlow's bilinear resize (half-pixel centres, no
+  antialiasing) and padding with the model's exact mean colour (AutoML pads
+  with zeros after normalising). AutoML normalises before resizing; both are
+  linear per channel, so the order changes only float rounding.
+- `nvidia`: what NVIDIA's sample did: Pillow's bilinear resize (which
+  antialiases when shrinking), sizes rounded, padding (124, 116, 104).
+
+Each image also gets its scales, so detections map back to original pixels.
 """
 
 import logging
@@ -24,7 +33,35 @@ from common import UserError
 log = logging.getLogger("image_batcher")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
-PAD_COLOR = (124, 116, 104)  # ImageNet mean RGB, rounded
+PAD_COLOR = (124, 116, 104)  # NVIDIA's sample: the ImageNet mean RGB, rounded
+IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)  # 0.485, 0.456, 0.406 x 255
+AUTOML, NVIDIA = "automl", "nvidia"
+METHODS = (AUTOML, NVIDIA)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How images are fitted into the model input: method `automl` or `nvidia`, and the padding colour (0-255)."""
+
+    method: str = AUTOML
+    pad: tuple = IMAGENET_MEAN_RGB
+
+    @classmethod
+    def for_runner(cls, method, runner):
+        """for_model with the mean the runner reads from its model (an engine does not keep it: ImageNet's)."""
+        if method == AUTOML and runner.input_mean is None:
+            log.info("%s does not say its normalisation mean: padding with the ImageNet mean %s", runner.name,
+                     IMAGENET_MEAN_RGB)
+        return cls.for_model(method, runner.input_mean)
+
+    @classmethod
+    def for_model(cls, method, mean_rgb=None):
+        """`automl` pads with the model's mean colour (ImageNet's when unknown); `nvidia` with its fixed colour."""
+        if method not in METHODS:
+            raise ValueError(f"preprocessing must be one of {METHODS}, not {method!r}")
+        if method == NVIDIA:
+            return cls(NVIDIA, PAD_COLOR)
+        return cls(AUTOML, tuple(float(v) for v in (IMAGENET_MEAN_RGB if mean_rgb is None else mean_rgb)))
 
 
 @dataclass
@@ -92,28 +129,73 @@ def fitted_size(original_w, original_h, height, width):
     return min(width, max(1, round(original_w * scale))), min(height, max(1, round(original_h * scale)))
 
 
-def fit_into(image, original_size, out, layout):
-    """Resize `image` to fit `out` (aspect kept, bilinear, top-left, mean-colour padding), in place.
+def automl_fitted_size(original_w, original_h, height, width):
+    """AutoML's resize arithmetic in float32: (new_w, new_h) = int(size * min(H/h, W/w)), truncated."""
+    scale = min(np.float32(height) / np.float32(original_h), np.float32(width) / np.float32(original_w))
+    new_w = int(np.float32(original_w) * scale)
+    new_h = int(np.float32(original_h) * scale)
+    return min(width, max(1, new_w)), min(height, max(1, new_h))
+
+
+def _bilinear_taps(in_size, out_size):
+    """Source rows (lower, upper) and weights of TensorFlow's half-pixel-centre bilinear resize, in float32."""
+    scale = np.float32(in_size) / np.float32(out_size)
+    position = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+    floor = np.floor(position)
+    lower = np.maximum(floor, 0).astype(np.intp)
+    upper = np.minimum(np.ceil(position), in_size - 1).astype(np.intp)
+    return lower, upper, (position - floor).astype(np.float32)
+
+
+def resize_bilinear_tf(pixels, new_h, new_w):
+    """[h, w, 3] -> float32 [new_h, new_w, 3] as tf.image.resize(method=bilinear, antialias=False) computes it."""
+    image = np.asarray(pixels, np.float32)
+    top, bottom, weight_y = _bilinear_taps(image.shape[0], new_h)
+    left, right, weight_x = _bilinear_taps(image.shape[1], new_w)
+    start, end = image[:, left], image[:, right]
+    rows = start + (end - start) * weight_x[None, :, None]
+    upper, lower = rows[top], rows[bottom]
+    return upper + (lower - upper) * weight_y[:, None, None]
+
+
+def fit_into(image, original_size, out, layout, preprocessing=Preprocessing()):
+    """Resize `image` to fit `out` (aspect kept, top-left, padded bottom/right) as `preprocessing` says, in place.
 
     `out` is one [H, W, 3] or [3, H, W] slot of a batch array (any dtype).
     Sizes and scales refer to the original image size, even when `image` was
     decoded at a reduced (draft) size. Returns (scale_x, scale_y).
     """
     height, width = (out.shape[0], out.shape[1]) if layout == "NHWC" else (out.shape[1], out.shape[2])
-    new_w, new_h = fitted_size(original_size[0], original_size[1], height, width)
-    resized = np.asarray(image.resize((new_w, new_h), resample=Image.BILINEAR))
+    if preprocessing.method == AUTOML:
+        new_w, new_h = automl_fitted_size(original_size[0], original_size[1], height, width)
+        resized = resize_bilinear_tf(np.asarray(image), new_h, new_w)
+        if np.dtype(out.dtype).kind in "iu":
+            resized = np.clip(np.rint(resized), 0, 255)
+    else:
+        new_w, new_h = fitted_size(original_size[0], original_size[1], height, width)
+        resized = np.asarray(image.resize((new_w, new_h), resample=Image.BILINEAR))
     view = out if layout == "NHWC" else out.transpose(1, 2, 0)
     view[:new_h, :new_w] = resized
-    view[new_h:, :] = PAD_COLOR
-    view[:new_h, new_w:] = PAD_COLOR
+    view[new_h:, :] = preprocessing.pad
+    view[:new_h, new_w:] = preprocessing.pad
+    # The scales the pixels were really resized by, per axis. AutoML's own graph maps boxes back
+    # with its one float scale, which the truncated size makes up to one input pixel off.
     return new_w / original_size[0], new_h / original_size[1]
 
 
-def fit_image(image, height, width):
+def fit_image(image, height, width, preprocessing=Preprocessing()):
     """Convenience: fit a PIL image into a new uint8 [H, W, 3] canvas. Returns (canvas, scale_x, scale_y)."""
     canvas = np.empty((height, width, 3), np.uint8)
-    scale_x, scale_y = fit_into(image, image.size, canvas, "NHWC")
+    scale_x, scale_y = fit_into(image, image.size, canvas, "NHWC", preprocessing)
     return canvas, scale_x, scale_y
+
+
+def add_preprocessing_argument(parser):
+    """The scripts' --preprocessing option (automl, the default, measured closest to TensorFlow)."""
+    parser.add_argument("--preprocessing", choices=list(METHODS), default=AUTOML,
+                        help="how images are fitted into the input: automl (AutoML's own resize arithmetic, "
+                        "TensorFlow's bilinear resize, padding with the model's mean colour: what the SavedModel "
+                        "does) or nvidia (NVIDIA's sample: Pillow's resize, padding 124,116,104)")
 
 
 class ImageBatcher:
@@ -126,16 +208,18 @@ class ImageBatcher:
     batch is zero-padded (len(infos) tells how many rows are real);
     exact_batches drops that tail instead (for calibration). Unreadable images
     are skipped with a warning naming them. draft=True decodes big JPEGs at a
-    reduced scale first (faster, slightly different pixels).
+    reduced scale first (faster, slightly different pixels). preprocessing:
+    a `Preprocessing` (default AutoML's, padding with the ImageNet mean).
     """
 
     def __init__(self, input_path, shape, layout, batch_size=1, dtype=np.float32, max_num_images=None,
                  exact_batches=False, shuffle=False, seed=42, recursive=False, workers=None, prefetch=2,
-                 draft=False):
+                 draft=False, preprocessing=Preprocessing()):
         if layout not in ("NHWC", "NCHW"):
             raise ValueError(f"layout must be NHWC or NCHW, not {layout}")
         self.height, self.width = shape
         self.layout = layout
+        self.preprocessing = preprocessing
         self.batch_size = int(batch_size)
         self.dtype = np.dtype(dtype)
         self.workers = workers or os.cpu_count() or 1
@@ -171,7 +255,7 @@ class ImageBatcher:
             log.warning("skipping %s: cannot read it as an image (%s)", path, error)
             self.skipped.append(path)
             return None
-        scale_x, scale_y = fit_into(image, original, out, self.layout)
+        scale_x, scale_y = fit_into(image, original, out, self.layout, self.preprocessing)
         return ImageInfo(path, original[0], original[1], scale_x, scale_y)
 
     def __iter__(self):

@@ -19,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from common import UserError, atomic_output, run_cli, setup_logging
+from image_batcher import add_preprocessing_argument
 
 log = logging.getLogger("infer")
 
@@ -103,6 +104,7 @@ def main(argv=None):
     parser.add_argument("--draft", action="store_true", help="decode large JPEGs at reduced resolution (faster, "
                         "slightly different pixels)")
     parser.add_argument("--workers", type=int, default=None, help="image decoding threads (default: CPU count)")
+    add_preprocessing_argument(parser)
     parser.add_argument("--cuda_graph", action="store_true", help="TensorRT: replay fixed-shape runs as a CUDA graph")
     parser.add_argument("--warmup", type=int, default=10, help="benchmark mode: warm-up runs")
     parser.add_argument("--iterations", type=int, default=100, help="benchmark mode: timed runs")
@@ -111,7 +113,7 @@ def main(argv=None):
     setup_logging(args.verbose)
 
     from detections import coco_results, split_batch, write_tsv
-    from image_batcher import ImageBatcher, load_rgb
+    from image_batcher import ImageBatcher, Preprocessing, load_rgb
     from visualize import visualize_detections
 
     if args.input and not args.output:
@@ -129,7 +131,7 @@ def main(argv=None):
             return 0
         batcher = ImageBatcher(args.input, runner.input_hw, runner.input_layout, batch_size, spec.dtype,
                                max_num_images=args.max_images, recursive=args.recursive, workers=args.workers,
-                               draft=args.draft)
+                               draft=args.draft, preprocessing=Preprocessing.for_runner(args.preprocessing, runner))
         os.makedirs(args.output, exist_ok=True)
         stems = output_stems(batcher.files, args.input)
         images = detections_total = 0

@@ -42,6 +42,17 @@ def onnx_input_shape(model):
     return tuple(d.dim_value or None for d in model.graph.input[0].type.tensor_type.shape.dim)
 
 
+def onnx_input_mean(model):
+    """The RGB mean (0-255) the graph's preprocessing subtracts (create_onnx's preprocessor/mean:0), or None."""
+    import onnx
+
+    for tensor in model.graph.initializer:
+        if tensor.name == "preprocessor/mean:0":
+            values = onnx.numpy_helper.to_array(tensor).reshape(-1)
+            return tuple(float(v) for v in np.broadcast_to(values, (3,)))
+    return None
+
+
 @dataclass
 class TensorSpec:
     name: str
@@ -53,6 +64,7 @@ class Runner:
     """Base class: activate/deactivate (or `with`), input_spec(), infer(feed) -> {name: array}."""
 
     name = "runner"
+    input_mean = None  # RGB mean (0-255) the model normalises with, when the runner can tell
 
     def __init__(self):
         self.is_active = False
@@ -126,6 +138,7 @@ class OnnxCpuRunner(Runner):
         except Exception as error:
             raise UserError(f"{self.path}: not a readable ONNX model ({type(error).__name__}); "
                             "re-create it with create_onnx.py") from None
+        self.input_mean = onnx_input_mean(model)
         model = self._cut_at_plugin(model)
         options = ort.SessionOptions()
         options.log_severity_level = 3
@@ -179,7 +192,10 @@ class OnnxCpuRunner(Runner):
         return TensorSpec(self._input.name, shape, np.dtype(dtype))
 
     def infer(self, feed):
-        values = self.infer_raw(feed)
+        return self.apply_plugin(self.infer_raw(feed))
+
+    def apply_plugin(self, values):
+        """The four outputs from what infer_raw returned (the NMS plugin run in NumPy, if the graph has one)."""
         if self.plugin is None:
             return values
         op, attrs, inputs, output_names = self.plugin
@@ -352,19 +368,31 @@ class TFSavedModelRunner(Runner):
     def input_spec(self):
         return TensorSpec("input", (None, self.hw[0], self.hw[1], 3), np.dtype(np.float32))
 
-    def infer(self, feed):
-        images = np.clip(np.rint(next(iter(feed.values()))), 0, 255).astype(np.uint8)
-        batch, limit = len(images), self.max_detections
+    def run_image(self, image, tensor_names=()):
+        """One uint8 [h, w, 3] image of any size (TensorFlow resizes and pads it itself).
+
+        Returns (detection rows [K, 7] as AutoML writes them, boxes in the
+        image's pixels, padding rows removed; values of `tensor_names`).
+        """
+        values = self.session.run([self.output_name, *tensor_names], {self.input_name: image[None]})
+        rows = values[0][0]
+        return rows[rows[:, 5] > 0][: self.max_detections], values[1:]
+
+    def as_outputs(self, detection_rows):
+        """The four detection outputs of a batch from each image's AutoML detection rows (classes 0-based)."""
+        batch, limit = len(detection_rows), self.max_detections
         outputs = {"num_detections": np.zeros((batch, 1), np.int32),
                    "detection_boxes": np.zeros((batch, limit, 4), np.float32),
                    "detection_scores": np.zeros((batch, limit), np.float32),
                    "detection_classes": np.zeros((batch, limit), np.int32)}
-        for row, image in enumerate(images):
-            rows = self.session.run(self.output_name, {self.input_name: image[None]})[0]
-            rows = rows[rows[:, 5] > 0][:limit]
+        for row, rows in enumerate(detection_rows):
             count = len(rows)
             outputs["num_detections"][row, 0] = count
             outputs["detection_boxes"][row, :count] = rows[:, 1:5]
             outputs["detection_scores"][row, :count] = rows[:, 5]
             outputs["detection_classes"][row, :count] = rows[:, 6].astype(np.int32) - 1
         return outputs
+
+    def infer(self, feed):
+        images = np.clip(np.rint(next(iter(feed.values()))), 0, 255).astype(np.uint8)
+        return self.as_outputs([self.run_image(image)[0] for image in images])

@@ -7,7 +7,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from common import UserError
-from image_batcher import PAD_COLOR, ImageBatcher, ImageInfo, fit_image, list_images, load_rgb
+from image_batcher import (AUTOML, IMAGENET_MEAN_RGB, NVIDIA, PAD_COLOR, ImageBatcher, ImageInfo, Preprocessing,
+                           fit_image, list_images, load_rgb, resize_bilinear_tf)
 
 
 def solid(path, mode, value, size=(40, 30)):
@@ -73,19 +74,56 @@ def test_corrupt_and_truncated_files_are_skipped_with_a_warning(tmp_path, caplog
     assert "skipped 2 unreadable" in caplog.text
 
 
-def test_padding_is_mean_colour_bottom_and_right_and_last_batch_zero_padded(tmp_path):
+@pytest.mark.parametrize("preprocessing,pad", [(Preprocessing.for_model(NVIDIA), PAD_COLOR),
+                                               (Preprocessing.for_model(AUTOML, (127, 127, 127)), (127, 127, 127)),
+                                               (Preprocessing(), IMAGENET_MEAN_RGB)])
+def test_padding_is_mean_colour_bottom_and_right_and_last_batch_zero_padded(tmp_path, preprocessing, pad):
     solid(tmp_path / "wide.png", "RGB", (255, 0, 0), size=(100, 50))
     solid(tmp_path / "tall.png", "RGB", (0, 255, 0), size=(50, 100))
     solid(tmp_path / "x.png", "RGB", (0, 0, 255), size=(64, 64))
-    batches = list(ImageBatcher(str(tmp_path), (64, 64), "NCHW", batch_size=2, dtype=np.float16))
+    batches = list(ImageBatcher(str(tmp_path), (64, 64), "NCHW", batch_size=2, dtype=np.float16,
+                                preprocessing=preprocessing))
     assert [len(infos) for _, infos in batches] == [2, 1]
     first = batches[0][0]
     assert first.dtype == np.float16 and first.shape == (2, 3, 64, 64)
     tall, wide = first[0], first[1]  # sorted: tall.png, wide.png
+    pad = np.array(pad, np.float16)[:, None, None]
     assert np.all(wide[:, :32, :] == np.array([255, 0, 0])[:, None, None])
-    assert np.all(wide[:, 32:, :] == np.array(PAD_COLOR)[:, None, None])
-    assert np.all(tall[:, :, 32:] == np.array(PAD_COLOR)[:, None, None])
+    assert np.all(wide[:, 32:, :] == pad)
+    assert np.all(tall[:, :, 32:] == pad)
     assert np.all(batches[1][0][1] == 0)
+
+
+@pytest.mark.parametrize("original", [(640, 480), (480, 640), (333, 500), (1000, 200), (100, 75), (256, 256)])
+@pytest.mark.parametrize("model_hw", [(256, 256), (320, 640)])
+def test_automl_preprocessing_equals_automl_own_graph(tmp_path, original, model_hw):
+    """The automl canvas, normalised, equals what AutoML's serving code makes of the raw image (TensorFlow)."""
+    import tensorflow as tf
+    from tensorflow_examples.lite.model_maker.third_party.efficientdet import inference
+
+    from synthetic_images import make_image
+
+    mean, std = np.array(IMAGENET_MEAN_RGB), np.array([58.395, 57.12, 57.375])
+    image, _ = make_image(*original, seed=7)
+    image.save(tmp_path / "a.png")
+    array, infos = next(iter(ImageBatcher(str(tmp_path / "a.png"), model_hw, "NHWC",
+                                          preprocessing=Preprocessing.for_model(AUTOML, mean))))
+    ours = (array[0] - mean.astype(np.float32)) / std.astype(np.float32)
+    theirs, scale = inference.image_preprocess(tf.constant(np.asarray(image)), model_hw, list(mean), list(std))
+    assert np.abs(ours - theirs.numpy()).max() < 1e-4
+    new_h = round(infos[0].scale_y * original[1])
+    new_w = round(infos[0].scale_x * original[0])
+    assert np.all(theirs.numpy()[new_h:] == 0) and np.all(theirs.numpy()[:, new_w:] == 0)  # TF's padding: ours
+    assert np.abs(ours[new_h:]).max(initial=0) == 0 and np.abs(ours[:, new_w:]).max(initial=0) == 0
+
+
+@pytest.mark.parametrize("in_hw,out_hw", [((480, 640), (384, 512)), ((100, 37), (512, 190)), ((7, 9), (3, 4))])
+def test_bilinear_resize_is_tensorflows_to_the_bit(in_hw, out_hw):
+    import tensorflow as tf
+
+    pixels = np.random.default_rng(0).integers(0, 256, (*in_hw, 3)).astype(np.uint8)
+    theirs = tf.image.resize(tf.cast(pixels, tf.float32), out_hw, method="bilinear").numpy()
+    assert np.array_equal(resize_bilinear_tf(pixels, *out_hw), theirs)
 
 
 @pytest.mark.parametrize("original", [(1000, 300), (300, 1000), (100, 80), (640, 480), (512, 512), (37, 1200)])
@@ -160,8 +198,10 @@ def test_draft_decode_is_close_and_maps_the_same(tmp_path):
     image, _ = make_image(2400, 1600, seed=5)
     path = tmp_path / "big.jpg"
     image.save(path, quality=92)
-    full, full_info = next(iter(ImageBatcher(str(path), (256, 256), "NHWC")))
-    fast, fast_info = next(iter(ImageBatcher(str(path), (256, 256), "NHWC", draft=True)))
+    # NVIDIA's Pillow resize averages like the reduced decode does; AutoML's (no antialiasing) samples.
+    nvidia = Preprocessing.for_model(NVIDIA)
+    full, full_info = next(iter(ImageBatcher(str(path), (256, 256), "NHWC", preprocessing=nvidia)))
+    fast, fast_info = next(iter(ImageBatcher(str(path), (256, 256), "NHWC", draft=True, preprocessing=nvidia)))
     assert (full_info[0].scale_x, full_info[0].scale_y) == (fast_info[0].scale_x, fast_info[0].scale_y)
     assert (full_info[0].width, full_info[0].height) == (2400, 1600)
     assert np.abs(full - fast).mean() < 2.0
