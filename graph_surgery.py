@@ -397,10 +397,10 @@ def proven_resize_scale(in_size, out_size, search_ulps=8):
 
     Exact means: the output size floor(in * scale) is `out` whether a runtime
     multiplies in float32 or float64 (out / in rounded to float32 can floor
-    one short: 3 * float32(5/3) is 4.9999998 in float64), and every output row reads the
-    row TensorFlow reads, whether the runtime divides by the scale (ONNX
-    Runtime) or multiplies by its reciprocal. Candidates are the float32
-    values within `search_ulps` of out / in.
+    one short: 3 * float32(5/3) is 4.9999998 in float64), and every output
+    row reads the row TensorFlow reads, whether the runtime divides by the
+    scale (ONNX Runtime) or multiplies by its reciprocal. Candidates are the
+    float32 values within `search_ulps` of out / in.
     """
     want = nearest_source_indices(in_size, out_size)
     positions = np.arange(out_size, dtype=np.float32)

@@ -149,12 +149,15 @@ def _bilinear_taps(in_size, out_size):
 
 def resize_bilinear_tf(pixels, new_h, new_w):
     """[h, w, 3] -> float32 [new_h, new_w, 3] as tf.image.resize(method=bilinear, antialias=False) computes it."""
-    image = np.asarray(pixels, np.float32)
+    image = np.asarray(pixels)
     top, bottom, weight_y = _bilinear_taps(image.shape[0], new_h)
     left, right, weight_x = _bilinear_taps(image.shape[1], new_w)
-    start, end = image[:, left], image[:, right]
-    rows = start + (end - start) * weight_x[None, :, None]
-    upper, lower = rows[top], rows[bottom]
+
+    def along_x(rows):  # gather in the image's own dtype, then float32: a big photo is never converted whole
+        start, end = rows[:, left].astype(np.float32), rows[:, right].astype(np.float32)
+        return start + (end - start) * weight_x[None, :, None]
+
+    upper, lower = along_x(image[top]), along_x(image[bottom])
     return upper + (lower - upper) * weight_y[:, None, None]
 
 

@@ -7,8 +7,10 @@ mean-colour canvas, np.asarray to the model dtype (and transpose for NCHW),
 into a zero-initialised batch array, one image after another.
 
 Prints images/s for both on the same generated JPEGs, checks the arrays are
-identical, then does the same for the opt-in reduced-resolution JPEG decode
-(draft) on large photos and reports its pixel difference.
+identical (ImageBatcher with --preprocessing nvidia), then does the same for
+the opt-in reduced-resolution JPEG decode (draft) on large photos and for the
+default AutoML preprocessing (TensorFlow's resize, no antialiasing, exact mean
+padding), reporting their pixel differences from the baseline.
 """
 
 import argparse
@@ -24,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests", "fixtures"))
 
-from image_batcher import PAD_COLOR, ImageBatcher, list_images  # noqa: E402
+from image_batcher import NVIDIA, PAD_COLOR, ImageBatcher, Preprocessing, list_images  # noqa: E402
 from synthetic_images import make_image  # noqa: E402
 
 
@@ -62,6 +64,7 @@ def timed(batches, count):
 
 
 def compare(label, folder, shape, layout, batch_size, count, repeats, **options):
+    options.setdefault("preprocessing", Preprocessing.for_model(NVIDIA))
     best_base = best_ours = 0.0
     for _ in range(repeats):
         rate, base = timed(baseline_batches(folder, shape, layout, batch_size), count)
@@ -94,6 +97,10 @@ def main():
         compare("3000x2000 JPEG, NHWC", large, shape, "NHWC", args.batch_size, args.large, args.repeats)
         compare("3000x2000 JPEG, NHWC, draft decode", large, shape, "NHWC", args.batch_size, args.large,
                 args.repeats, draft=True)
+        compare("640x480 JPEG, NHWC, automl preprocessing", small, shape, "NHWC", args.batch_size, args.count,
+                args.repeats, preprocessing=Preprocessing())
+        compare("3000x2000 JPEG, NHWC, automl preprocessing", large, shape, "NHWC", args.batch_size, args.large,
+                args.repeats, preprocessing=Preprocessing())
 
 
 if __name__ == "__main__":

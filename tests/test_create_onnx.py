@@ -19,6 +19,13 @@ HARD_FIXTURES = ["d0_hard", "lite0_hard", "d0_trained", "lite0_trained", "lite0_
 MIN_DETECTIONS = {"d0_hard": 8 * 50, "lite0_hard": 8 * 50, "d0_trained": 8 * 3, "lite0_trained": 8 * 3,
                   "lite0_320": 8 * 50, "d0_640x320": 8 * 50}
 HEAD_TOLERANCE = 1e-4
+# The native-size random-weight fixtures have 1.6x and 2.4x the pixels of the 256x256 ones and
+# logits up to ~10: measured 1.02e-4 (Lite0 320) and 1.48e-4 (D0 640x320) with every detection
+# matched. `compare_tf.py --layers` finds float32 rounding spread over the whole graph, nowhere
+# a jump (the largest, 1e-4 to 3e-4 of the tensor's range, are the squeeze-and-excitation means
+# over the whole image). Measured alternatives did not lower the heads' difference: TensorFlow
+# without oneDNN, Div for the normalisation (D0 640x384), ReduceMean for those means (D1 640).
+HEAD_TOLERANCE_BY_FIXTURE = {"lite0_320": 2e-4, "d0_640x320": 2e-4}
 
 # (input_shape, batch sizes to run it at)
 VARIANTS = [
@@ -77,7 +84,7 @@ def test_parity_with_tensorflow(fixture, shape, run_batches, fixture_model, work
                 matched += round(fraction * count)
                 total += count
     print(f"{fixture} {input_shape}: max |head delta| {worst:.2e}, matched {matched}/{total}")
-    assert worst <= HEAD_TOLERANCE
+    assert worst <= HEAD_TOLERANCE_BY_FIXTURE.get(fixture, HEAD_TOLERANCE)
     assert total >= MIN_DETECTIONS[fixture]
     assert matched / total >= 0.99
 
