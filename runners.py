@@ -335,9 +335,10 @@ class TensorRTRunner(Runner):
 class TFSavedModelRunner(Runner):
     """An AutoML EfficientDet SavedModel run by TensorFlow, with the same four outputs (for parity checks).
 
-    It is fed the model-size canvases ImageBatcher makes (as uint8), so TF's own
-    resize is the identity and both sides see the same pixels; boxes come back
-    as (ymin, xmin, ymax, xmax) in those pixels and classes 0-based.
+    `infer` is fed the model-size canvases ImageBatcher makes (as uint8), so
+    TF's own resize is the identity and both sides see the same pixels; boxes
+    come back as (ymin, xmin, ymax, xmax) in those pixels and classes 0-based.
+    `run_image` takes an image of any size, which TF resizes and pads itself.
     """
 
     def __init__(self, saved_model, input_hw, max_detections=100):
