@@ -50,11 +50,12 @@ def reference_as_coco(per_image, sizes):
 def compare_layers(args):
     """--layers: TensorFlow and ONNX Runtime tensor by tensor on the first image."""
     import layer_compare
-    from image_batcher import ImageBatcher
+    from image_batcher import ImageBatcher, Preprocessing
     from runners import OnnxCpuRunner, TFSavedModelRunner
 
     with OnnxCpuRunner(args.onnx) as ours, TFSavedModelRunner(args.saved_model, ours.input_hw) as tf_runner:
-        batcher = ImageBatcher(args.input, ours.input_hw, "NHWC", 1, max_num_images=1)
+        batcher = ImageBatcher(args.input, ours.input_hw, "NHWC", 1, max_num_images=1,
+                               preprocessing=Preprocessing.for_runner(args.preprocessing, ours))
         batch, infos = next(iter(batcher))
         image = np.clip(np.rint(batch[0]), 0, 255).astype(np.uint8)  # the pixels TFSavedModelRunner feeds
         rows = layer_compare.compare_layers(args.onnx, tf_runner, image, ours.input_layout)

@@ -126,6 +126,7 @@ class OnnxCpuRunner(Runner):
         self.name = f"onnxruntime-cpu:{os.path.basename(onnx_path)}"
         self.session = None
         self.plugin = None  # (op, attrs, [input names or constants], output names)
+        self.metadata = {}  # the ONNX's metadata_props (create_onnx writes num_classes, input_layout, ...)
 
     def activate_impl(self):
         import onnx
@@ -139,6 +140,7 @@ class OnnxCpuRunner(Runner):
             raise UserError(f"{self.path}: not a readable ONNX model ({type(error).__name__}); "
                             "re-create it with create_onnx.py") from None
         self.input_mean = onnx_input_mean(model)
+        self.metadata = {entry.key: entry.value for entry in model.metadata_props}
         model = self._cut_at_plugin(model)
         options = ort.SessionOptions()
         options.log_severity_level = 3

@@ -82,18 +82,15 @@ def _output_problems(outputs, batch, declared_classes):
 
 def check_onnx(path, shown_as=None):
     """Load `path` in ONNX Runtime, run one image, check what comes out; UserError naming `shown_as` if not."""
-    import onnx
-
     from runners import OnnxCpuRunner
 
     shown_as = shown_as or path
-    metadata = {entry.key: entry.value for entry in onnx.load(path, load_external_data=False).metadata_props}
-    declared_classes = int(metadata["num_classes"]) if "num_classes" in metadata else None
     runner = OnnxCpuRunner(path)
     try:
         runner.activate()
     except UserError as error:
         raise UserError(f"{shown_as}: {FAILED}: {str(error).split(': ', 1)[-1]}") from None
+    declared_classes = int(runner.metadata["num_classes"]) if "num_classes" in runner.metadata else None
     try:
         spec = runner.input_spec()
         image = _check_image(spec)
