@@ -53,7 +53,8 @@ def compare_layers(args):
     from image_batcher import ImageBatcher, Preprocessing
     from runners import OnnxCpuRunner, TFSavedModelRunner
 
-    with OnnxCpuRunner(args.onnx) as ours, TFSavedModelRunner(args.saved_model, ours.input_hw) as tf_runner:
+    with OnnxCpuRunner(args.onnx, layout_optimizations=False) as ours, \
+            TFSavedModelRunner(args.saved_model, ours.input_hw) as tf_runner:
         batcher = ImageBatcher(args.input, ours.input_hw, "NHWC", 1, max_num_images=1,
                                preprocessing=Preprocessing.for_runner(args.preprocessing, ours))
         batch, infos = next(iter(batcher))
@@ -117,7 +118,10 @@ def main(argv=None):
         os.makedirs(args.output, exist_ok=True)
 
     ours_all, tf_all, sizes = [], [], []
-    with open_runner(args) as ours, TFSavedModelRunner(args.saved_model, ours.input_hw) as tf_runner:
+    # ONNX Runtime without its layout optimizations: their summation order alone puts the heads
+    # up to 17x further from TensorFlow's (runners.cpu_session_options).
+    with open_runner(args, layout_optimizations=False) as ours, \
+            TFSavedModelRunner(args.saved_model, ours.input_hw) as tf_runner:
         spec = ours.input_spec()
         batcher = ImageBatcher(args.input, ours.input_hw, ours.input_layout, ours.fixed_batch or 1, spec.dtype,
                                max_num_images=args.max_images,

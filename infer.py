@@ -44,7 +44,8 @@ def output_stems(paths, input_root):
     return {p: (b if counts[b] == 1 else r) for p, r, b in zip(paths, relative, bases)}
 
 
-def open_runner(args):
+def open_runner(args, layout_optimizations=True):
+    """The runner --engine or --onnx names (not yet activated); layout_optimizations: see cpu_session_options."""
     from runners import OnnxCpuRunner, TensorRTRunner
 
     if bool(args.engine) == bool(args.onnx):
@@ -52,7 +53,7 @@ def open_runner(args):
     if args.engine:
         return TensorRTRunner(args.engine, use_cuda_graph=getattr(args, "cuda_graph", False),
                               verbose=getattr(args, "verbose", False))
-    return OnnxCpuRunner(args.onnx)
+    return OnnxCpuRunner(args.onnx, layout_optimizations=layout_optimizations)
 
 
 def percentile_summary(values_ms):

@@ -4,7 +4,8 @@ tf2onnx names the ONNX tensors after the TensorFlow tensors they compute
 ("fpn_cells/cell_0/fnode0/add_n/add:0"), and the graph surgery keeps those
 names, so every such tensor can be fetched on both sides for the same image.
 ONNX Runtime runs the graph up to the NMS plugin with every shared tensor made
-an output; TensorFlow runs its own graph on the same uint8 pixels. Rows come
+an output (without its layout optimizations, like compare_tf.py);
+TensorFlow runs its own graph on the same uint8 pixels. Rows come
 in the ONNX graph's order, so the first row whose relative difference is large
 is where a difference enters.
 """
@@ -38,6 +39,8 @@ def _onnx_values(onnx_path, names, image):
     import onnx_graphsurgeon as gs
     import onnxruntime as ort
 
+    from runners import cpu_session_options
+
     graph = gs.import_onnx(onnx.load(onnx_path))
     tensors = graph.tensors()
     outputs = [tensors[name] for name in names]
@@ -45,7 +48,8 @@ def _onnx_values(onnx_path, names, image):
         tensor.dtype = tensor.dtype or np.float32
     graph.outputs = outputs
     graph.cleanup().toposort()
-    session = ort.InferenceSession(gs.export_onnx(graph).SerializeToString(), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(gs.export_onnx(graph).SerializeToString(), cpu_session_options(False),
+                                   providers=["CPUExecutionProvider"])
     feed_name = session.get_inputs()[0].name
     return dict(zip([o.name for o in session.get_outputs()], session.run(None, {feed_name: image})))
 

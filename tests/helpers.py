@@ -10,9 +10,9 @@ from nms_reference import iou_one_to_many
 from runners import OnnxCpuRunner
 
 
-def save_and_open(model, path):
+def save_and_open(model, path, **runner_options):
     onnx.save(model, str(path))
-    return OnnxCpuRunner(str(path)).activate()
+    return OnnxCpuRunner(str(path), **runner_options).activate()
 
 
 def as_input(images, layout):
