@@ -33,15 +33,13 @@ class LayerDiff:
         return self.max_abs / max(self.tf_max, 1e-12)
 
 
-def _onnx_values(onnx_path, names, image):
-    """{name: value} of ONNX tensors `names` for one image (the graph cut before any NMS plugin)."""
-    import onnx
+def _onnx_values(graph, names, image):
+    """{name: value} of the tensors `names` of an onnx-graphsurgeon graph for one image (it is cut to them)."""
     import onnx_graphsurgeon as gs
     import onnxruntime as ort
 
     from runners import cpu_session_options
 
-    graph = gs.import_onnx(onnx.load(onnx_path))
     tensors = graph.tensors()
     outputs = [tensors[name] for name in names]
     for tensor in outputs:
@@ -54,12 +52,8 @@ def _onnx_values(onnx_path, names, image):
     return dict(zip([o.name for o in session.get_outputs()], session.run(None, {feed_name: image})))
 
 
-def shared_tensors(onnx_path, tf_graph):
-    """(name, op) of the ONNX tensors computed by non-trivial ops that TF's graph also has, in graph order."""
-    import onnx
-    import onnx_graphsurgeon as gs
-
-    graph = gs.import_onnx(onnx.load(onnx_path))
+def shared_tensors(graph, tf_graph):
+    """(name, op) of the graph's tensors computed by non-trivial ops that TF's graph also has, in graph order."""
     graph.toposort()
     tf_ops = {op.name for op in tf_graph.get_operations()}
     shared = []
@@ -89,11 +83,15 @@ def _tf_values(session, names, image, input_name):
 
 def compare_layers(onnx_path, tf_runner, image_hwc, layout):
     """LayerDiff rows for one uint8 HxWx3 image at the model's size (tf_runner: an active TFSavedModelRunner)."""
-    shared = shared_tensors(onnx_path, tf_runner.session.graph)
+    import onnx
+    import onnx_graphsurgeon as gs
+
+    graph = gs.import_onnx(onnx.load(onnx_path))
+    shared = shared_tensors(graph, tf_runner.session.graph)
     ops = dict(shared)
     theirs = _tf_values(tf_runner.session, [name for name, _ in shared], image_hwc[None], tf_runner.input_name)
     batch = image_hwc[None].astype(np.float32)
-    ours = _onnx_values(onnx_path, list(theirs), batch.transpose(0, 3, 1, 2) if layout == "NCHW" else batch)
+    ours = _onnx_values(graph, list(theirs), batch.transpose(0, 3, 1, 2) if layout == "NCHW" else batch)
     rows = []
     for name, value in theirs.items():
         mine = ours[name]

@@ -218,8 +218,8 @@ class OnnxCpuRunner(Runner):
         """The four outputs from what infer_raw returned (the NMS plugin run in NumPy, if the graph has one)."""
         if self.plugin is None:
             return values
-        op, attrs, inputs, output_names = self.plugin
-        arrays = [values[item] if isinstance(item, str) else item for item in inputs]
+        op, attrs, _, output_names = self.plugin
+        arrays = self.plugin_inputs(values)
         if op == "EfficientNMS_TRT":
             anchors = arrays[2] if len(arrays) > 2 else None
             results = nms_reference.efficient_nms(arrays[0], arrays[1], anchors,
@@ -227,6 +227,12 @@ class OnnxCpuRunner(Runner):
         else:
             results = nms_reference.batched_nms(arrays[0], arrays[1], nms_reference.BatchedNMSParams.from_attrs(attrs))
         return dict(zip(output_names, results))
+
+    def plugin_inputs(self, values):
+        """The plugin node's input arrays, in order: computed ones from infer_raw's `values`, constants as stored."""
+        if self.plugin is None:
+            raise RuntimeError(f"{self.path} has no NMS plugin node")
+        return [values[item] if isinstance(item, str) else item for item in self.plugin[2]]
 
     def infer_raw(self, feed):
         """What ONNX Runtime computes: the outputs, or the plugin's inputs (pre-NMS heads) when cut."""

@@ -34,8 +34,8 @@ def _check_image(spec):
 
 def _plugin_sizes(runner, raw):
     """Problems with the sizes of the NMS plugin's inputs, as strings (empty when they agree)."""
-    op, attrs, inputs, _ = runner.plugin
-    arrays = [raw[item] if isinstance(item, str) else np.asarray(item) for item in inputs]
+    op, attrs, _, _ = runner.plugin
+    arrays = [np.asarray(array) for array in runner.plugin_inputs(raw)]
     boxes, scores = arrays[0], arrays[1]
     problems = []
     if scores.ndim != 3:
@@ -102,7 +102,7 @@ def check_onnx(path, shown_as=None):
             raise UserError(f"{shown_as}: {FAILED}: it does not run in ONNX Runtime ({first})") from None
         problems = _plugin_sizes(runner, raw) if runner.plugin else []
         if runner.plugin and declared_classes is not None and not problems:
-            scores = raw[runner.plugin[2][1]]
+            scores = runner.plugin_inputs(raw)[1]
             if scores.shape[2] != declared_classes:
                 problems.append(f"the scores have {scores.shape[2]} classes, the metadata says {declared_classes}")
         problems += _output_problems(outputs, image.shape[0], declared_classes)

@@ -43,12 +43,10 @@ def _automl():
 
 def native_size(model_name):
     """(height, width) of the model's AutoML config."""
+    from tensorflow_examples.lite.model_maker.third_party.efficientdet import utils
+
     hparams_config, _ = _automl()
-    size = hparams_config.get_efficientdet_config(model_name).image_size
-    if isinstance(size, str) and "x" in size:
-        width, height = (int(v) for v in size.split("x"))
-        return height, width
-    return int(size), int(size)
+    return utils.parse_image_size(hparams_config.get_efficientdet_config(model_name).image_size)
 
 
 def export(model_name, output):
