@@ -14,13 +14,14 @@ graph that will be built; with --save_onnx and no --engine only that work runs
 (no TensorRT or GPU needed).
 """
 
-import argparse
+import json
 import logging
 import os
 import time
 
 from calibration import CACHE_KINDS
-from common import UserError, run_cli, setup_logging, write_bytes_atomic
+from common import (ArgumentParser, UserError, check_output_file, positive_float, positive_int, run_cli, setup_logging,
+                    write_bytes_atomic)
 from image_batcher import add_preprocessing_argument
 from self_check import write_checked_onnx
 
@@ -47,6 +48,33 @@ def load_onnx(path):
     except Exception as error:
         raise UserError(f"{path}: not a readable ONNX model ({type(error).__name__}); re-create it with "
                         "create_onnx.py") from None
+
+
+def check_outputs(args):
+    """Every file this run will write, checked before the ONNX is read; none may be the input ONNX."""
+    outputs = [(args.engine, "--engine"), (args.save_onnx, "--save_onnx"), (args.timing_cache, "--timing_cache")]
+    if args.precision in ("int8", "mixed") and args.calib_cache and not os.path.isfile(args.calib_cache):
+        outputs.append((args.calib_cache, "--calib_cache"))
+    source = os.path.realpath(args.onnx)
+    for path, flag in outputs:
+        if not path:
+            continue
+        if os.path.realpath(path) == source:
+            raise UserError(f"{path}: is the input ONNX and would be overwritten; give {flag} another file name")
+        check_output_file(path, flag)
+
+
+def check_source_precision(model, path, precision):
+    """A graph build_engine.py already converted (float16, or INT8 Q/DQ) cannot be converted again."""
+    import onnx
+
+    quantized = any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in model.graph.node)
+    half = any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer) or any(
+        value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16 for value in model.graph.input)
+    if precision != "fp32" and (quantized or half):
+        kind = "an INT8 Q/DQ" if quantized else "a float16"
+        raise UserError(f"{path}: is already {kind} graph (written by --save_onnx?); give the float32 ONNX from "
+                        "create_onnx.py, or --precision fp32 to build this graph as it is")
 
 
 def graph_to_build(model, args, batcher):
@@ -92,11 +120,13 @@ def build(args, model, batcher):
     import cuda_memory
     import trt_adapter
     import trt_builder
+    from runners import engine_metadata_path
 
+    trt = trt_adapter.import_tensorrt()
     cuda = cuda_memory.load_cuda()
     cuda_memory.require_gpu(cuda)  # before any TensorRT object: TensorRT without a GPU can crash
-    trt = trt_adapter.import_tensorrt()
     log.info("TensorRT %s", trt.__version__)
+    metadata = {entry.key: entry.value for entry in model.metadata_props}
     in_onnx = trt_builder.precision_in_onnx()
     if in_onnx:
         model = graph_to_build(model, args, batcher)
@@ -121,6 +151,7 @@ def build(args, model, batcher):
     start = time.perf_counter()
     data = trt_builder.build_serialized(builder, network, config, logger, args.onnx)
     write_bytes_atomic(args.engine, data)
+    write_bytes_atomic(engine_metadata_path(args.engine), json.dumps(metadata, indent=1).encode())
     if args.timing_cache:
         write_bytes_atomic(args.timing_cache, bytes(memoryview(cache.serialize())))
     log.info("built %s (%s, %.1f MB) in %.0f s", args.engine, args.precision, len(data) / 1e6,
@@ -128,7 +159,7 @@ def build(args, model, batcher):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = ArgumentParser(__doc__)
     parser.add_argument("-o", "--onnx", required=True, help="ONNX graph from create_onnx.py")
     parser.add_argument("-e", "--engine", help="engine file to write")
     parser.add_argument("-p", "--precision", default="fp16", choices=["fp32", "fp16", "int8", "mixed"],
@@ -139,14 +170,15 @@ def main(argv=None):
     parser.add_argument("--calib_method", default="entropy", choices=list(CACHE_KINDS),
                         help="INT8 threshold per tensor: TensorRT's entropy method (clips rare outliers) or the "
                         "largest |value| seen (minmax, no clipping)")
-    parser.add_argument("--calib_num_images", type=int, default=5000, help="calibration images to use at most")
-    parser.add_argument("--calib_batch_size", type=int, default=8, help="calibration batch size")
+    parser.add_argument("--calib_num_images", type=positive_int, default=5000,
+                        help="calibration images to use at most")
+    parser.add_argument("--calib_batch_size", type=positive_int, default=8, help="calibration batch size")
     add_preprocessing_argument(parser)
-    parser.add_argument("--batch_size", type=int, default=1, help="batch to build for (dynamic-batch ONNX without "
-                        "--dynamic_batch_size)")
+    parser.add_argument("--batch_size", type=positive_int, default=1,
+                        help="batch to build for (dynamic-batch ONNX without --dynamic_batch_size)")
     parser.add_argument("--dynamic_batch_size", type=parse_batch_range, default=None, metavar="MIN,OPT,MAX",
                         help="batch range of a dynamic-batch engine")
-    parser.add_argument("-w", "--workspace", type=float, default=8, help="builder workspace limit, GiB")
+    parser.add_argument("-w", "--workspace", type=positive_float, default=8, help="builder workspace limit, GiB")
     parser.add_argument("--timing_cache", help="timing cache file: read if it exists, written after the build")
     parser.add_argument("--save_onnx", help="write the ONNX with its precision written in (FP16 graph or INT8 "
                         "Q/DQ graph), as TensorRT 11.x builds it; without --engine, only this is done")
@@ -155,9 +187,9 @@ def main(argv=None):
     setup_logging(args.verbose)
     if not args.engine and not args.save_onnx:
         raise UserError("give --engine (build an engine) and/or --save_onnx (write the graph to build)")
-    if args.batch_size < 1:
-        raise UserError("--batch_size must be at least 1")
+    check_outputs(args)
     model = load_onnx(args.onnx)
+    check_source_precision(model, args.onnx, args.precision)
     batcher = check_calibration(args, model)
     if not args.engine:
         write_checked_onnx(args.save_onnx, graph_to_build(model, args, batcher))

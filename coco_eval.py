@@ -41,6 +41,7 @@ def load_annotations(path):
         raise UserError(f"{path}: not valid JSON ({error}); pass a COCO instances file") from None
     if not isinstance(data, dict) or not all(key in data for key in ("images", "annotations", "categories")):
         raise UserError(f"{path}: not a COCO instances file (needs 'images', 'annotations' and 'categories')")
+    check_entries(path, data)
     coco = COCO()
     coco.dataset = data
     try:
@@ -49,6 +50,43 @@ def load_annotations(path):
     except (KeyError, TypeError) as error:
         raise UserError(f"{path}: malformed COCO annotations (missing field {error})") from None
     return coco
+
+
+REQUIRED_FIELDS = {"images": ("id", "file_name"), "annotations": ("image_id", "category_id", "bbox"),
+                   "categories": ("id", "name")}
+
+
+def check_entries(path, data):
+    """One-line errors for entries COCO evaluation cannot use (checked before any image is run)."""
+    for section, fields in REQUIRED_FIELDS.items():
+        entries = data[section]
+        if not isinstance(entries, list):
+            raise UserError(f"{path}: '{section}' must be a list; pass a COCO instances file")
+        for index, entry in enumerate(entries):
+            missing = [field for field in fields if not isinstance(entry, dict) or field not in entry]
+            if missing:
+                raise UserError(f"{path}: {section}[{index}] has no '{missing[0]}'; every {section[:-1]} needs "
+                                f"{', '.join(repr(f) for f in fields)} (a COCO instances file for bbox evaluation)")
+            if section == "annotations":
+                bbox = entry["bbox"]
+                if not (isinstance(bbox, list) and len(bbox) == 4
+                        and all(isinstance(v, (int, float)) for v in bbox)):
+                    raise UserError(f"{path}: annotations[{index}] bbox is {bbox!r}; COCO boxes are "
+                                    "[x, y, width, height] in pixels")
+
+
+def warn_if_names_differ(coco, names):
+    """Under the id convention (category = class + 1), warn when the model's own class names disagree."""
+    if not names:
+        return
+    by_id = {c["id"]: c["name"] for c in coco.dataset["categories"]}
+    differ = [(i, name, by_id[i + 1]) for i, name in enumerate(names) if i + 1 in by_id and by_id[i + 1] != name]
+    if differ:
+        index, name, category = differ[0]
+        log.warning("%d of the model's class names differ from the annotations' category names under "
+                    "category id = class + 1 (e.g. class %d is %r, category %d is %r); pass the model's names "
+                    "with --labels to match categories by name instead", len(differ), index, name, index + 1,
+                    category)
 
 
 def category_map(coco, labels=None):

@@ -13,7 +13,6 @@ visualizations (TensorFlow | ours | ground truth when --annotations is given).
 --layers compares the two graphs tensor by tensor instead (layer_compare.py).
 """
 
-import argparse
 import contextlib
 import io
 import logging
@@ -22,7 +21,8 @@ import os
 import numpy as np
 from tqdm import tqdm
 
-from common import UserError, atomic_output, run_cli, setup_logging
+from common import (ArgumentParser, UserError, atomic_output, positive_int, prepare_output_folder, run_cli,
+                    setup_logging, unit_interval)
 from image_batcher import add_preprocessing_argument
 
 log = logging.getLogger("compare_tf")
@@ -67,18 +67,19 @@ def compare_layers(args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = ArgumentParser(__doc__)
     parser.add_argument("-m", "--saved_model", required=True, help="the TensorFlow SavedModel the model came from")
     parser.add_argument("-e", "--engine", help="TensorRT engine to compare")
     parser.add_argument("--onnx", help="converted ONNX to compare on the CPU instead")
     parser.add_argument("-i", "--input", required=True, help="an image or a folder of images")
     parser.add_argument("-o", "--output", help="folder for side-by-side visualizations (default: none)")
     parser.add_argument("-a", "--annotations", help="COCO annotations: adds a ground-truth panel")
-    parser.add_argument("-l", "--labels", default=None, help="class names for the drawings (default: COCO)")
-    parser.add_argument("-t", "--nms_threshold", type=float, default=0.0, help="drop detections below this score "
-                        "on both sides")
-    parser.add_argument("--match_iou", type=float, default=0.5, help="IoU a match needs (same class as well)")
-    parser.add_argument("--max_images", type=int, default=None, help="compare only the first N images")
+    parser.add_argument("-l", "--labels", default=None, help="class names for the drawings (default: the names "
+                        "stored in the model, else COCO's for 90 classes, else class_<n>)")
+    parser.add_argument("-t", "--nms_threshold", type=unit_interval, default=0.0, help="drop detections below this "
+                        "score on both sides")
+    parser.add_argument("--match_iou", type=unit_interval, default=0.5, help="IoU a match needs (same class as well)")
+    parser.add_argument("--max_images", type=positive_int, default=None, help="compare only the first N images")
     parser.add_argument("--tf_input", choices=["canvas", "raw"], default="canvas",
                         help="what TensorFlow is fed: canvas, the model-size pixels ours gets (measures the "
                         "conversion alone); raw, the decoded image, resized and padded by TensorFlow's own graph "
@@ -99,12 +100,18 @@ def main(argv=None):
 
     import coco_eval
     from detections import Detections, coco_results, match_detections, split_batch
-    from image_batcher import ImageBatcher, ImageInfo, Preprocessing, load_rgb
-    from infer import DEFAULT_LABELS, open_runner, read_labels
+    from image_batcher import ImageBatcher, ImageInfo, Preprocessing, check_input_path, load_rgb
+    from infer import check_model_arguments, check_separate_folders, open_runner
+    from labels import model_labels, read_labels
     from runners import TFSavedModelRunner
     from visualize import concat_visualizations, visualize_detections
 
-    labels = read_labels(args.labels or DEFAULT_LABELS)
+    check_model_arguments(args)
+    check_input_path(args.input)
+    given_labels = read_labels(args.labels) if args.labels else None
+    if args.output:
+        check_separate_folders(args.input, args.output)
+        prepare_output_folder(args.output, "--output")
     truth = {}
     if args.annotations:
         gt = coco_eval.load_annotations(args.annotations)
@@ -114,8 +121,6 @@ def main(argv=None):
                               for a in anns]).reshape(-1, 4)
             truth[image["file_name"]] = Detections(boxes, np.ones(len(anns)),
                                                    np.array([a["category_id"] - 1 for a in anns], np.int64))
-    if args.output:
-        os.makedirs(args.output, exist_ok=True)
 
     ours_all, tf_all, sizes = [], [], []
     # ONNX Runtime without its layout optimizations: their summation order alone puts the heads
@@ -123,6 +128,7 @@ def main(argv=None):
     with open_runner(args, layout_optimizations=False) as ours, \
             TFSavedModelRunner(args.saved_model, ours.input_hw) as tf_runner:
         spec = ours.input_spec()
+        labels = model_labels(ours.metadata, given_labels)
         batcher = ImageBatcher(args.input, ours.input_hw, ours.input_layout, ours.fixed_batch or 1, spec.dtype,
                                max_num_images=args.max_images,
                                preprocessing=Preprocessing.for_runner(args.preprocessing, ours))

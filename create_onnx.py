@@ -11,14 +11,15 @@ before it is kept: ONNX Runtime loads it and runs one image through it
 an engine with build_engine.py.
 """
 
-import argparse
 import logging
+import os
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from common import UserError, run_cli, setup_logging, write_bytes_atomic
+from common import (ArgumentParser, UserError, check_output_file, positive_int, run_cli, setup_logging,
+                    unit_interval, write_bytes_atomic)
 from self_check import write_checked_onnx
 
 log = logging.getLogger("create_onnx")
@@ -42,6 +43,9 @@ def parse_input_shape(text, input_format=None):
         raise UserError(f"--input_shape {text!r}: dimensions must be positive")
     layout = input_format
     if layout is None:
+        if 3 not in (dims[0], dims[2]):
+            raise UserError(f"--input_shape {text!r}: images need 3 channels, second (NCHW, e.g. 1,3,512,512) or "
+                            "last (NHWC, e.g. 1,512,512,3)")
         if dims[2] == 3 and dims[0] != 3:
             layout = "NHWC"
         elif dims[0] == 3 and dims[2] != 3:
@@ -62,7 +66,22 @@ def parse_input_size(text):
         height, width = (int(v) for v in text.split(","))
     except ValueError:
         raise UserError(f"--input_size {text!r}: give H,W such as 512,512") from None
+    if min(height, width) < 1:
+        raise UserError(f"--input_size {text!r}: dimensions must be positive")
     return height, width
+
+
+def check_options(input_shape=None, input_format=None, input_size=None, legacy_plugins=False,
+                  class_agnostic=False, onnx_nms=False):
+    """Everything about the asked-for graph that can be checked without the model (parses the sizes)."""
+    if input_shape:
+        parse_input_shape(input_shape, input_format)
+    if input_size:
+        parse_input_size(input_size)
+    if legacy_plugins and onnx_nms:
+        raise UserError("--legacy_plugins and --onnx_nms are two different NMS routes; choose one")
+    if onnx_nms and class_agnostic:
+        raise UserError("--class_agnostic is not available with --onnx_nms (per-class NonMaxSuppression)")
 
 
 def resolve_thresholds(tf_nms, nms_threshold, iou_threshold, nms_detections):
@@ -70,6 +89,9 @@ def resolve_thresholds(tf_nms, nms_threshold, iou_threshold, nms_detections):
     if tf_nms is None and (nms_threshold is None or iou_threshold is None or nms_detections is None):
         raise UserError("the SavedModel has no constant NonMaxSuppression settings; pass --nms_threshold, "
                         "--iou_threshold and --nms_detections")
+    for flag, value in (("--nms_threshold", nms_threshold), ("--iou_threshold", iou_threshold)):
+        if value is not None and not 0 <= value <= 1:
+            raise UserError(f"{flag} must be between 0 and 1 (got {value})")
     score = nms_threshold if nms_threshold is not None else tf_nms.score_threshold
     if not np.isfinite(score) or score < 0:
         log.info("the model's NMS score threshold is %s (unset); using 0", score)
@@ -122,12 +144,17 @@ def convert_saved_model(saved_model, tf2onnx_path=None, opset=13):
 
 def build_graph(converted, input_shape=None, input_format=None, input_size=None, preprocessor="auto",
                 nms_threshold=None, iou_threshold=None, nms_detections=None, legacy_plugins=False,
-                class_agnostic=False, onnx_nms=False):
-    """Stage 2 (ONNX only): graph surgery on a converted model; returns the final onnx.ModelProto."""
+                class_agnostic=False, onnx_nms=False, class_names=None):
+    """Stage 2 (ONNX only): graph surgery on a converted model; returns the final onnx.ModelProto.
+
+    class_names, if given, are stored in the graph's metadata (labels.py) and must be one per class.
+    """
     import onnx_graphsurgeon as gs
 
     import graph_surgery as surgery
+    import labels
 
+    check_options(input_shape, input_format, input_size, legacy_plugins, class_agnostic, onnx_nms)
     family = converted.family
     graph = gs.import_onnx(converted.model)
     stem = surgery.find_stem_conv(graph, family)
@@ -163,17 +190,16 @@ def build_graph(converted, input_shape=None, input_format=None, input_size=None,
     split = surgery.find_box_split(box_concat)
     num_classes = int(class_concat.inputs[0].inputs[0].inputs[1].values[-1])
     log.info("heads: %s (%d classes), %s", class_concat.name, num_classes, box_concat.name)
+    if class_names is not None and len(class_names) != num_classes:
+        raise UserError(f"--labels has {len(class_names)} class names but {converted.source} has {num_classes} "
+                        "classes; give one name per class, class 0 first")
 
     analysis_shape = [1, height, width, 3] if layout == "NHWC" else [1, 3, height, width]
     surgery.replace_input(graph, stem, analysis_shape, layout, normalization)
 
     score, iou, detections = resolve_thresholds(converted.tf_nms, nms_threshold, iou_threshold, nms_detections)
-    if legacy_plugins and onnx_nms:
-        raise UserError("--legacy_plugins and --onnx_nms are two different NMS routes; choose one")
     anchors = surgery.extract_anchors(split) if not legacy_plugins else None
     if onnx_nms:
-        if class_agnostic:
-            raise UserError("--class_agnostic is not available with --onnx_nms (per-class NonMaxSuppression)")
         # The NMS ops go in after constant folding (their shapes follow the batch); until then the
         # heads are the outputs.
         graph.outputs = [box_concat.outputs[0], class_concat.outputs[0]]
@@ -204,6 +230,8 @@ def build_graph(converted, input_shape=None, input_format=None, input_size=None,
         "num_classes": str(num_classes),
         "normalization": normalization.source,
     }
+    if class_names is not None:
+        metadata[labels.METADATA_KEY] = labels.to_metadata(class_names)
     for key, value in metadata.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
@@ -212,7 +240,7 @@ def build_graph(converted, input_shape=None, input_format=None, input_size=None,
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = ArgumentParser(__doc__)
     parser.add_argument("-m", "--saved_model", required=True, help="the TensorFlow SavedModel folder to convert")
     parser.add_argument("-o", "--onnx", required=True, help="the ONNX file to write")
     parser.add_argument("--input_shape", help="input shape with batch, e.g. 1,512,512,3 (NHWC) or N,3,512,512 "
@@ -224,11 +252,12 @@ def main(argv=None):
     parser.add_argument("-p", "--preprocessor", default="auto", choices=["auto", "imagenet", "scale_range"],
                         help="input normalisation: auto reads the model's own mean/std; imagenet; scale_range "
                         "(x*2/255-1, AdvProp models)")
-    parser.add_argument("-t", "--nms_threshold", type=float, help="NMS score threshold (default: the model's own; "
-                        "0 keeps every box, as mAP evaluation wants)")
-    parser.add_argument("--iou_threshold", type=float, help="NMS IoU threshold (default: the model's own; 0.5 for "
-                        "soft-NMS models)")
-    parser.add_argument("-d", "--nms_detections", type=int, help="max detections per image (default: the model's own)")
+    parser.add_argument("-t", "--nms_threshold", type=unit_interval, help="NMS score threshold, 0-1 (default: the "
+                        "model's own; 0 keeps every box, as mAP evaluation wants)")
+    parser.add_argument("--iou_threshold", type=unit_interval, help="NMS IoU threshold, 0-1 (default: the model's "
+                        "own; 0.5 for soft-NMS models)")
+    parser.add_argument("-d", "--nms_detections", type=positive_int, help="max detections per image (default: the "
+                        "model's own)")
     parser.add_argument("--class_agnostic", action="store_true", help="one NMS over all classes (reproduces "
                         "AutoML's own global hard NMS) instead of per-class NMS")
     parser.add_argument("--legacy_plugins", action="store_true", help="use BatchedNMS_TRT (TensorRT < 8) "
@@ -236,18 +265,32 @@ def main(argv=None):
     parser.add_argument("--onnx_nms", action="store_true", help="end in the standard ONNX NonMaxSuppression op "
                         "(plus the ops that make the same four outputs) instead of a TensorRT plugin: for TensorRT "
                         "without EfficientNMS_TRT, or plain ONNX Runtime")
-    parser.add_argument("--opset", type=int, default=13, help="ONNX opset for tf2onnx")
+    parser.add_argument("-l", "--labels", help="class names, one per line (class 0 first), stored in the ONNX so "
+                        "infer.py, eval_coco.py and compare_tf.py label detections with them")
+    parser.add_argument("--opset", type=int, default=13, choices=range(11, 19), metavar="{11..18}",
+                        help="ONNX opset for tf2onnx")
     parser.add_argument("--tf2onnx", metavar="PATH", help="also write the raw tf2onnx graph here (for debugging)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     start = time.perf_counter()
-    if args.nms_detections is not None and args.nms_detections < 1:
-        raise UserError(f"--nms_detections must be at least 1 (got {args.nms_detections})")
+    # Everything that can be checked without the model, before TensorFlow spends 30 s or more on it.
+    import labels
+    from tf_to_onnx import check_saved_model_path
+
+    check_saved_model_path(args.saved_model)
+    check_options(args.input_shape, args.input_format, args.input_size, args.legacy_plugins, args.class_agnostic,
+                  args.onnx_nms)
+    class_names = labels.read_labels(args.labels) if args.labels else None
+    check_output_file(args.onnx, "--onnx")
+    if args.tf2onnx:
+        check_output_file(args.tf2onnx, "--tf2onnx")
+    if os.path.realpath(args.onnx) == os.path.realpath(args.tf2onnx or ""):
+        raise UserError(f"{args.onnx}: --onnx and --tf2onnx name the same file; give them different names")
     converted = convert_saved_model(args.saved_model, args.tf2onnx, args.opset)
     model = build_graph(converted, args.input_shape, args.input_format, args.input_size, args.preprocessor,
                         args.nms_threshold, args.iou_threshold, args.nms_detections, args.legacy_plugins,
-                        args.class_agnostic, args.onnx_nms)
+                        args.class_agnostic, args.onnx_nms, class_names)
     write_checked_onnx(args.onnx, model)
     log.info("wrote %s in %.1f s", args.onnx, time.perf_counter() - start)
     return 0

@@ -23,7 +23,8 @@ def split_batch(outputs, infos, min_score=0.0):
     """Turn the four NMS outputs of a batch into Detections for each real image in `infos`.
 
     Boxes come from the graph as (ymin, xmin, ymax, xmax) in model-input pixels;
-    they are mapped back with each image's own x and y scales and clipped to the image.
+    they are mapped back with each image's own x and y scales and clipped to the
+    image, and those left with no area (they lay in the padding) are dropped.
     """
     results = []
     for row, info in enumerate(infos):
@@ -31,9 +32,10 @@ def split_batch(outputs, infos, min_score=0.0):
         boxes = np.asarray(outputs["detection_boxes"][row, :count], np.float64)
         scores = np.asarray(outputs["detection_scores"][row, :count], np.float64)
         classes = np.asarray(outputs["detection_classes"][row, :count]).astype(np.int64)
-        keep = scores >= min_score
-        yxyx = info.to_original(boxes[keep])
-        results.append(Detections(yxyx[:, [1, 0, 3, 2]], scores[keep], classes[keep]))
+        yxyx = info.to_original(boxes)
+        # Boxes lying in the letterbox padding are clipped to nothing at the image edge: not detections.
+        keep = (scores >= min_score) & (yxyx[:, 2] > yxyx[:, 0]) & (yxyx[:, 3] > yxyx[:, 1])
+        results.append(Detections(yxyx[keep][:, [1, 0, 3, 2]], scores[keep], classes[keep]))
     return results
 
 
@@ -42,7 +44,8 @@ def match_detections(reference, ours, min_iou=0.5, same_box_px=0.01):
 
     Returns (matched index in ours or -1 per reference detection, IoU per
     reference detection). Boxes within `same_box_px` on every coordinate count
-    as IoU 1 (clipping can leave zero-area boxes).
+    as IoU 1 (clipping can leave slivers a fraction of a pixel wide, whose IoU
+    is unstable).
     """
     from nms_reference import iou_one_to_many
 

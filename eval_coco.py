@@ -7,7 +7,6 @@ summary and a per-class AP table, and writes the results JSON and a
 precision-recall plot when asked. No AutoML checkout is needed.
 """
 
-import argparse
 import json
 import logging
 import os
@@ -15,7 +14,8 @@ import time
 
 from tqdm import tqdm
 
-from common import UserError, atomic_output, run_cli, setup_logging
+from common import (ArgumentParser, UserError, atomic_output, check_output_file, positive_int, run_cli, setup_logging,
+                    unit_interval)
 from image_batcher import add_preprocessing_argument
 
 log = logging.getLogger("eval_coco")
@@ -34,7 +34,7 @@ def model_score_threshold(runner):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = ArgumentParser(__doc__)
     parser.add_argument("-e", "--engine", help="TensorRT engine to evaluate")
     parser.add_argument("--onnx", help="converted ONNX model to evaluate on the CPU instead")
     parser.add_argument("-i", "--input", required=True, help="folder of the evaluation images (e.g. val2017)")
@@ -42,12 +42,14 @@ def main(argv=None):
     parser.add_argument("-p", "--automl_path", help="accepted for compatibility with NVIDIA's sample; not needed")
     parser.add_argument("-l", "--labels", help="class names in model order, matched by name to the annotations' "
                         "categories (default: COCO convention, category id = class + 1)")
-    parser.add_argument("-t", "--nms_threshold", type=float, default=0.0, help="drop detections scoring below this")
+    parser.add_argument("-t", "--nms_threshold", type=unit_interval, default=0.0,
+                        help="drop detections scoring below this")
     parser.add_argument("--results", help="write the COCO results JSON here (the PR plot goes beside it)")
     parser.add_argument("--plot", help="precision-recall plot PNG (default: beside --results)")
-    parser.add_argument("--max_images", type=int, default=None, help="evaluate only the first N images")
-    parser.add_argument("-b", "--batch_size", type=int, default=None, help="images per batch (default: model's, else 1)")
-    parser.add_argument("--workers", type=int, default=None, help="image decoding threads")
+    parser.add_argument("--max_images", type=positive_int, default=None, help="evaluate only the first N images")
+    parser.add_argument("-b", "--batch_size", type=positive_int, default=None,
+                        help="images per batch (default: model's, else 1)")
+    parser.add_argument("--workers", type=positive_int, default=None, help="image decoding threads")
     add_preprocessing_argument(parser)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
@@ -55,16 +57,26 @@ def main(argv=None):
 
     import coco_eval
     from detections import coco_results, split_batch
-    from image_batcher import ImageBatcher, Preprocessing
-    from infer import open_runner, read_labels
+    from image_batcher import ImageBatcher, Preprocessing, check_input_path
+    from infer import check_model_arguments, open_runner
+    from labels import from_metadata, read_labels
 
     if args.automl_path:
         log.info("--automl_path is not needed: evaluating with pycocotools")
+    check_model_arguments(args)
+    check_input_path(args.input)
+    plot = args.plot or (os.path.splitext(args.results)[0] + "_pr.png" if args.results else None)
+    if args.results:
+        check_output_file(args.results, "--results")
+    if plot:
+        check_output_file(plot, "--plot")
     coco = coco_eval.load_annotations(args.annotations)
     ids_by_name = {image["file_name"]: image["id"] for image in coco.dataset["images"]}
     categories = coco_eval.category_map(coco, read_labels(args.labels) if args.labels else None)
 
     with open_runner(args) as runner:
+        if categories is None:
+            coco_eval.warn_if_names_differ(coco, from_metadata(runner.metadata))
         threshold = model_score_threshold(runner)
         if threshold is not None and threshold > MAP_SENSITIVE_THRESHOLD:
             log.warning("the model's NMS score threshold is %g: mAP drops when boxes below it are discarded; "
@@ -102,7 +114,6 @@ def main(argv=None):
         with atomic_output(args.results, "w") as handle:
             json.dump(results, handle)
     evaluator = coco_eval.evaluate(coco, results, evaluated)
-    plot = args.plot or (os.path.splitext(args.results)[0] + "_pr.png" if args.results else None)
     if plot:
         coco_eval.plot_precision_recall(evaluator, plot, f"{runner.name} on {len(evaluated)} images")
     shown = "unknown" if threshold is None else f"{threshold:g}"

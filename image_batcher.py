@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from itertools import islice
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from common import UserError
 
@@ -82,10 +82,14 @@ class ImageInfo:
         return np.clip(boxes / scale, 0, limit)
 
 
-def list_images(input_path, recursive=False):
-    """Sorted image files of a folder (or the one file given)."""
+def check_input_path(input_path):
     if not os.path.exists(input_path):
         raise UserError(f"{input_path}: no such file or folder; pass an image or a folder of images with --input")
+
+
+def list_images(input_path, recursive=False):
+    """Sorted image files of a folder (or the one file given)."""
+    check_input_path(input_path)
     if os.path.isfile(input_path):
         return [input_path]
     found = []
@@ -101,19 +105,34 @@ def list_images(input_path, recursive=False):
     return sorted(found)
 
 
-def load_rgb(path, draft_box=None):
-    """Open an image as 8-bit RGB whatever its mode (L, LA, P, RGBA, CMYK, 16-bit, ...).
+EXIF_ORIENTATION = 0x0112
+ROTATED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
-    With draft_box (H, W) of the model input, a JPEG is decoded at the smallest
+
+def load_rgb(path, draft_box=None):
+    """Open an image as 8-bit RGB whatever its mode (L, LA, P, RGBA, CMYK, 16-bit, ...), as it is displayed.
+
+    The EXIF orientation (phone photos) is applied, so the pixels, the
+    original size and every box are those of the upright picture. With
+    draft_box (H, W) of the model input, a JPEG is decoded at the smallest
     reduced scale (1/2, 1/4 or 1/8) that is still at least as large as the size
     it will be resized to: much faster for big photos, slightly different pixels.
     Returns (image, (original width, original height)).
     """
     image = Image.open(path)
-    original = image.size
+    try:
+        orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # a damaged EXIF block does not make the pixels unreadable
+        orientation = 1
+    rotated = orientation in ROTATED_ORIENTATIONS
+    original = image.size[::-1] if rotated else image.size
     if draft_box is not None and image.format == "JPEG":
-        image.draft("RGB", fitted_size(original[0], original[1], *draft_box))
+        # draft works on the stored (unrotated) pixels
+        box = draft_box[::-1] if rotated else draft_box
+        image.draft("RGB", fitted_size(image.size[0], image.size[1], *box))
     image.load()
+    if orientation != 1:
+        image = ImageOps.exif_transpose(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit greyscale: keep the top 8 bits (PIL's convert("L") would clip at 255).
         array = np.asarray(image, dtype=np.uint32)

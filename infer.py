@@ -3,12 +3,15 @@
 
 For every input image it writes, in --output, a visualization PNG and a
 tab-separated .txt with one `xmin ymin xmax ymax score class` line per
-detection (original-image pixels, class 0-based). --onnx runs the converted
-ONNX on the CPU (ONNX Runtime plus this project's NumPy NMS), so a model can be
-checked without a GPU. Without --input it benchmarks the model instead.
+detection (original-image pixels of the image as displayed, EXIF orientation
+applied; class 0-based). An image's files in --output always come from the
+latest run that read it: an older PNG is removed under --no_visualizations, and
+an image that can no longer be read loses the files an earlier run wrote for it.
+Boxes with no area left after clipping to the image are dropped. --onnx runs
+the converted ONNX on the CPU (ONNX Runtime plus this project's NumPy NMS), so
+a model can be checked without a GPU. Without --input it benchmarks the model instead.
 """
 
-import argparse
 import json
 import logging
 import os
@@ -18,19 +21,42 @@ import numpy as np
 
 from tqdm import tqdm
 
-from common import UserError, atomic_output, run_cli, setup_logging
+from common import (ArgumentParser, UserError, atomic_output, check_output_file, nonnegative_int, positive_int,
+                    prepare_output_folder, run_cli, setup_logging, unit_interval)
 from image_batcher import add_preprocessing_argument
 
 log = logging.getLogger("infer")
 
-DEFAULT_LABELS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "labels_coco.txt")
+RESULT_EXTENSIONS = (".txt", ".png")
 
 
-def read_labels(path):
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: no such labels file; pass one class name per line with --labels")
-    with open(path, encoding="utf-8") as handle:
-        return [line.strip() for line in handle if line.strip()]
+def check_separate_folders(input_path, output):
+    """Refuse an --output that is, contains or lies inside the --input folder (it would read its own results)."""
+    if not os.path.isdir(input_path):
+        return
+    source, target = os.path.realpath(input_path), os.path.realpath(output)
+    if source == target or target.startswith(source + os.sep) or source.startswith(target + os.sep):
+        raise UserError(f"{output}: the output folder must be outside the input folder {input_path} (and not "
+                        "contain it); choose another --output")
+
+
+def check_inputs_not_overwritten(stems, output, other_outputs=()):
+    """Refuse a run that would write a result file over one of its input images."""
+    inputs = {os.path.realpath(path) for path in stems}
+    written = [os.path.join(output, stem) + ext for stem in stems.values() for ext in RESULT_EXTENSIONS]
+    for path in written + [p for p in other_outputs if p]:
+        if os.path.realpath(path) in inputs:
+            raise UserError(f"{path}: is one of the input images and would be overwritten; choose another --output")
+
+
+def remove_stale_results(stem):
+    """Remove an earlier run's result files of an image this run could not read; returns their names."""
+    removed = []
+    for ext in RESULT_EXTENSIONS:
+        if os.path.isfile(stem + ext):
+            os.remove(stem + ext)
+            removed.append(stem + ext)
+    return removed
 
 
 def output_stems(paths, input_root):
@@ -44,12 +70,16 @@ def output_stems(paths, input_root):
     return {p: (b if counts[b] == 1 else r) for p, r, b in zip(paths, relative, bases)}
 
 
+def check_model_arguments(args):
+    if bool(args.engine) == bool(args.onnx):
+        raise UserError("give the model with exactly one of --engine (TensorRT) or --onnx (CPU)")
+
+
 def open_runner(args, layout_optimizations=True):
     """The runner --engine or --onnx names (not yet activated); layout_optimizations: see cpu_session_options."""
     from runners import OnnxCpuRunner, TensorRTRunner
 
-    if bool(args.engine) == bool(args.onnx):
-        raise UserError("give the model with exactly one of --engine (TensorRT) or --onnx (CPU)")
+    check_model_arguments(args)
     if args.engine:
         return TensorRTRunner(args.engine, use_cuda_graph=getattr(args, "cuda_graph", False),
                               verbose=getattr(args, "verbose", False))
@@ -86,43 +116,52 @@ def benchmark(runner, batch_size, warmup, iterations):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = ArgumentParser(__doc__)
     parser.add_argument("-e", "--engine", help="TensorRT engine to run (from build_engine.py)")
     parser.add_argument("--onnx", help="converted ONNX model to run on the CPU instead (from create_onnx.py)")
     parser.add_argument("-i", "--input", help="an image file or a folder of .jpg/.jpeg/.png/.bmp; "
                         "without it, benchmark the model")
     parser.add_argument("-o", "--output", help="folder for the visualizations and result files")
-    parser.add_argument("-l", "--labels", default=DEFAULT_LABELS, help="class names, one per line (class 0 first)")
-    parser.add_argument("-t", "--nms_threshold", type=float, default=0.0,
+    parser.add_argument("-l", "--labels", help="class names, one per line (class 0 first); default: the names "
+                        "stored in the model (create_onnx.py --labels), else COCO's for 90 classes, else class_<n>")
+    parser.add_argument("-t", "--nms_threshold", type=unit_interval, default=0.0,
                         help="drop detections scoring below this (after the model's own NMS threshold)")
-    parser.add_argument("-b", "--batch_size", type=int, default=None,
+    parser.add_argument("-b", "--batch_size", type=positive_int, default=None,
                         help="images per batch (default: the model's fixed batch, else 1)")
     parser.add_argument("--recursive", action="store_true", help="also read images in subfolders")
-    parser.add_argument("--max_images", type=int, default=None, help="stop after this many images")
+    parser.add_argument("--max_images", type=positive_int, default=None, help="stop after this many images")
     parser.add_argument("--no_visualizations", action="store_true", help="write only the .txt results")
     parser.add_argument("--results_json", help="also write all detections as one COCO-style results JSON here "
                         "(image_id = output name, category_id = class + 1)")
     parser.add_argument("--draft", action="store_true", help="decode large JPEGs at reduced resolution (faster, "
                         "slightly different pixels)")
-    parser.add_argument("--workers", type=int, default=None, help="image decoding threads (default: CPU count)")
+    parser.add_argument("--workers", type=positive_int, default=None,
+                        help="image decoding threads (default: CPU count)")
     add_preprocessing_argument(parser)
     parser.add_argument("--cuda_graph", action="store_true", help="TensorRT: replay fixed-shape runs as a CUDA graph")
-    parser.add_argument("--warmup", type=int, default=10, help="benchmark mode: warm-up runs")
-    parser.add_argument("--iterations", type=int, default=100, help="benchmark mode: timed runs")
+    parser.add_argument("--warmup", type=nonnegative_int, default=10, help="benchmark mode: warm-up runs")
+    parser.add_argument("--iterations", type=positive_int, default=100, help="benchmark mode: timed runs")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
 
     from detections import coco_results, split_batch, write_tsv
-    from image_batcher import ImageBatcher, Preprocessing, load_rgb
+    from image_batcher import ImageBatcher, Preprocessing, check_input_path, load_rgb
+    from labels import model_labels, read_labels
     from visualize import visualize_detections
 
+    check_model_arguments(args)
     if args.input and not args.output:
         raise UserError("--input needs --output, the folder to write results into")
-    labels = read_labels(args.labels)
-    if args.output and os.path.exists(args.output) and not os.path.isdir(args.output):
-        raise UserError(f"{args.output}: exists and is not a folder; --output takes a folder")
+    given_labels = read_labels(args.labels) if args.labels else None
+    if args.input:
+        check_input_path(args.input)
+        check_separate_folders(args.input, args.output)
+        if args.results_json:
+            check_output_file(args.results_json, "--results_json")
+        prepare_output_folder(args.output, "--output")
     with open_runner(args) as runner:
+        labels = model_labels(runner.metadata, given_labels)
         spec = runner.input_spec()
         batch_size = args.batch_size or runner.fixed_batch or 1
         if runner.fixed_batch and batch_size != runner.fixed_batch:
@@ -133,8 +172,8 @@ def main(argv=None):
         batcher = ImageBatcher(args.input, runner.input_hw, runner.input_layout, batch_size, spec.dtype,
                                max_num_images=args.max_images, recursive=args.recursive, workers=args.workers,
                                draft=args.draft, preprocessing=Preprocessing.for_runner(args.preprocessing, runner))
-        os.makedirs(args.output, exist_ok=True)
         stems = output_stems(batcher.files, args.input)
+        check_inputs_not_overwritten(stems, args.output, [args.results_json])
         images = detections_total = 0
         coco = []
         start = time.perf_counter()
@@ -150,12 +189,18 @@ def main(argv=None):
                                                      found.classes, labels)
                         with atomic_output(stem + ".png") as handle:
                             drawn.save(handle, format="PNG")
+                    elif os.path.isfile(stem + ".png"):
+                        os.remove(stem + ".png")  # an earlier run's picture would contradict the new .txt
                     if args.results_json:
                         coco += coco_results(found, stems[info.path])
                     images += 1
                     detections_total += len(found)
                 progress.update(len(infos))
         elapsed = time.perf_counter() - start
+    stale = [name for path in batcher.skipped for name in remove_stale_results(os.path.join(args.output, stems[path]))]
+    if stale:
+        log.info("removed %d result file(s) an earlier run wrote for images now unreadable: %s", len(stale),
+                 ", ".join(stale))
     if args.results_json:
         with atomic_output(args.results_json, "w") as handle:
             json.dump(coco, handle)

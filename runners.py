@@ -30,6 +30,9 @@ PLUGIN_OPS = ("EfficientNMS_TRT", "BatchedNMS_TRT")
 
 def image_layout(shape, name):
     """('NCHW' or 'NHWC', (height, width)) of an image input's shape (channel dimension of size 3)."""
+    if len(shape) != 4:
+        raise UserError(f"{name}: the input has shape {shape}, not a batch of images (4 dimensions); give a model "
+                        "converted with create_onnx.py")
     if shape[1] == 3 and shape[3] != 3:
         return "NCHW", (shape[2], shape[3])
     if shape[3] == 3:
@@ -87,6 +90,7 @@ class Runner:
 
     name = "runner"
     input_mean = None  # RGB mean (0-255) the model normalises with, when the runner can tell
+    metadata = {}  # what create_onnx.py recorded about the model (num_classes, class_names, ...), when known
 
     def __init__(self):
         self.is_active = False
@@ -174,6 +178,19 @@ class OnnxCpuRunner(Runner):
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise UserError(f"{self.path}: ONNX Runtime cannot load this graph ({first})") from None
         self._input = self.session.get_inputs()[0]
+        self._check_is_detector()
+
+    def _check_is_detector(self):
+        """One-line error for a valid ONNX that is not a detector graph from create_onnx.py."""
+        session = self._session()
+        inputs = session.get_inputs()
+        outputs = set(self.plugin[3]) if self.plugin else {o.name for o in session.get_outputs()}
+        missing = [name for name in OUTPUT_NAMES if name not in outputs]
+        if len(inputs) != 1 or missing:
+            found = f"{len(inputs)} inputs" if len(inputs) != 1 else f"no output {missing[0]}"
+            raise UserError(f"{self.path}: not an EfficientDet detector graph from create_onnx.py ({found}); "
+                            "convert the SavedModel with create_onnx.py")
+        image_layout(tuple(d if isinstance(d, int) else None for d in self._input.shape), self.path)
 
     def _cut_at_plugin(self, model):
         import onnx_graphsurgeon as gs
@@ -241,6 +258,26 @@ class OnnxCpuRunner(Runner):
         return dict(zip(names, session.run(names, feed)))
 
 
+def engine_metadata_path(engine_path):
+    """Where build_engine.py keeps the ONNX's metadata (class names, ...) beside an engine."""
+    return engine_path + ".metadata.json"
+
+
+def read_engine_metadata(engine_path):
+    import json
+
+    path = engine_metadata_path(engine_path)
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError) as error:
+        log.warning("%s: unreadable (%s); the engine's class names are not known", path, error)
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
 class TensorRTRunner(Runner):
     """Runs a TensorRT engine (TensorRT 8.6-11.x) with page-locked buffers on one CUDA stream.
 
@@ -261,9 +298,14 @@ class TensorRTRunner(Runner):
         import cuda_memory
 
         trt_adapter.check_engine_file(self.path)
+        try:
+            trt = trt_adapter.import_tensorrt()
+        except UserError as error:
+            raise UserError(f"{self.path}: {error}. To check the model on the CPU instead, run its ONNX with "
+                            "--onnx") from None
         self.cuda = cuda_memory.load_cuda()
         cuda_memory.require_gpu(self.cuda)  # before any TensorRT object: TensorRT without a GPU can crash
-        trt = trt_adapter.import_tensorrt()
+        self.metadata = read_engine_metadata(self.path)
         self.logger = trt_adapter.make_logger(self.verbose)
         trt_adapter.init_plugins(self.logger)
         self.runtime = trt.Runtime(self.logger)

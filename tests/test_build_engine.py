@@ -44,6 +44,13 @@ def test_save_onnx_alone_writes_the_fp16_graph_without_tensorrt(d0_onnx, fixture
     ([], "give --engine"),
     (["--engine", "x.engine", "--dynamic_batch_size", "4,2,8"], "MIN,OPT,MAX"),
     (["--engine", "x.engine", "--batch_size", "0"], "--batch_size"),
+    (["--engine", "x.engine", "--precision", "int8", "--calib_input", ".", "--calib_batch_size", "0"],
+     "--calib_batch_size: must be at least 1"),
+    (["--engine", "x.engine", "--workspace", "0"], "--workspace: must be more than 0"),
+    (["--engine", "/proc/x.engine"], "/proc/x.engine: cannot write"),
+    (["--save_onnx", "/no/such/folder/x.onnx"], "does not exist"),
+    (["--engine", "x.engine", "--precision", "int8", "--calib_input", ".", "--calib_cache", "/proc/c.cache"],
+     "/proc/c.cache"),
 ])
 def test_argument_errors(d0_onnx, args, fragment):
     result = run_build("--onnx", str(d0_onnx), *args)
@@ -57,10 +64,11 @@ def test_missing_onnx(tmp_path):
 
 
 @pytest.mark.skipif(gpu_available(), reason="checks the refusal on machines without a GPU")
-def test_without_a_gpu_building_is_refused_cleanly(d0_onnx, tmp_path):
+def test_without_tensorrt_or_a_gpu_building_is_refused_cleanly(d0_onnx, tmp_path):
     result = run_build("--onnx", str(d0_onnx), "--engine", str(tmp_path / "x.engine"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "no CUDA device found" in result.stderr or "CUDA Python bindings" in result.stderr
+    said = result.stderr.strip().splitlines()[-1]
+    assert any(reason in said for reason in ("TensorRT is not installed", "no CUDA device found", "CUDA Python bindings"))
     assert not (tmp_path / "x.engine").exists()
 
 
@@ -126,3 +134,23 @@ def test_int8_calibration_cache_round_trip(d0_onnx, fixture_model, tmp_path):
                        "--calib_input", str(tmp_path / "missing"), "--calib_cache", str(cache))
     assert second.returncode == 0, second.stderr[-3000:]
     assert "calibration: " not in second.stderr and cache.read_text() == written
+
+
+def test_an_output_that_is_the_input_onnx_is_refused(d0_onnx):
+    before = d0_onnx.read_bytes()
+    result = run_build("--onnx", str(d0_onnx), "--precision", "fp16", "--save_onnx", str(d0_onnx))
+    assert result.returncode == 2 and "would be overwritten" in result.stderr.strip().splitlines()[-1]
+    assert d0_onnx.read_bytes() == before
+
+
+def test_an_already_converted_graph_is_a_clear_error(d0_onnx, tmp_path):
+    """The float16 graph --save_onnx wrote, given back as input: one line, not onnxconverter's ValueError."""
+    import precision
+
+    fp16 = tmp_path / "d0-fp16.onnx"
+    onnx.save(precision.to_fp16(onnx.load(str(d0_onnx))), str(fp16))
+    result = run_build("--onnx", str(fp16), "--precision", "fp16", "--save_onnx", str(tmp_path / "again.onnx"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "d0-fp16.onnx" in last and "already a float16 graph" in last and "--precision fp32" in last
+    assert not (tmp_path / "again.onnx").exists()

@@ -251,10 +251,32 @@ def test_cli_folder_that_is_not_a_saved_model(tmp_path):
                        "not a TensorFlow SavedModel")
 
 
-def test_cli_bad_input_shape(fixture_model, tmp_path):
+@pytest.mark.parametrize("args,fragment", [
+    (["--input_shape", "1,512"], "--input_shape"),
+    (["--input_shape", "1,512,512,4"], "3 channels"),
+    (["--input_size", "512"], "--input_size"),
+    (["--nms_threshold", "2"], "between 0 and 1"),
+    (["--nms_threshold", "-1"], "between 0 and 1"),
+    (["--iou_threshold", "1.5"], "between 0 and 1"),
+    (["--nms_detections", "0"], "at least 1"),
+    (["--onnx_nms", "--legacy_plugins"], "choose one"),
+    (["--onnx_nms", "--class_agnostic"], "--class_agnostic"),
+    (["--labels", "{tmp}/none.txt"], "none.txt"),
+    (["--onnx", "/proc/x.onnx"], "/proc/x.onnx: cannot write"),
+    (["--onnx", "{tmp}/plain.txt/x.onnx"], "is a file, not a folder"),
+    (["--onnx", "{tmp}"], "is a folder"),
+    (["--tf2onnx", "{tmp}/missing/raw.onnx"], "does not exist"),
+])
+def test_cli_checks_arguments_before_loading_the_model(fixture_model, tmp_path, args, fragment):
+    """Each mistake is one line, and comes before TensorFlow spends its 30+ s on the SavedModel."""
     path, _, _ = fixture_model("d0_hard")
-    assert_clean_error(run_cli("--saved_model", path, "--onnx", str(tmp_path / "x.onnx"), "--input_shape", "1,512"),
-                       "--input_shape")
+    (tmp_path / "plain.txt").write_text("a file")
+    filled = [a.format(tmp=tmp_path) for a in args]
+    onnx_args = [] if "--onnx" in filled else ["--onnx", str(tmp_path / "x.onnx")]
+    result = run_cli("--saved_model", path, *onnx_args, *filled)
+    assert_clean_error(result, fragment.format(tmp=tmp_path))
+    assert "loaded SavedModel" not in result.stderr
+    assert not (tmp_path / "x.onnx").exists()
 
 
 def test_cli_size_the_model_was_not_exported_for(fixture_model, tmp_path):

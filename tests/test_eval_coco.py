@@ -117,12 +117,21 @@ def test_labels_map_by_name(dataset):
         coco_eval.category_map(gt, ["cat", "dog"])
 
 
-@pytest.mark.parametrize("content,fragment", [("{not json", "not valid JSON"), ('{"images": []}', "not a COCO"),
-                                              ('{"images": [{}], "annotations": [{}], "categories": []}', "malformed")])
+NO_BBOX = ('{"images": [{"id": 1, "file_name": "a.jpg"}], "categories": [{"id": 1, "name": "x"}], '
+           '"annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": []}]}')
+
+
+@pytest.mark.parametrize("content,fragment", [
+    ("{not json", "not valid JSON"),
+    ('{"images": []}', "not a COCO"),
+    ('{"images": [{}], "annotations": [{}], "categories": []}', "images[0] has no 'id'"),
+    (NO_BBOX, "annotations[0] has no 'bbox'"),
+    (NO_BBOX.replace('"segmentation": []', '"bbox": [1, 2, 3]'), "[x, y, width, height]"),
+])
 def test_malformed_annotations_are_clear_errors(tmp_path, content, fragment):
     path = tmp_path / "bad.json"
     path.write_text(content)
-    with pytest.raises(UserError, match=fragment):
+    with pytest.raises(UserError, match=re.escape(fragment)):
         coco_eval.load_annotations(str(path))
 
 
@@ -152,3 +161,36 @@ def test_eval_coco_cli_on_cpu(dataset, fixture_model, tmp_path):
     direct = direct_pycocotools(annotations, json.loads(results_path.read_text()), tmp_path)
     assert np.allclose(printed, direct, atol=1e-4)  # printed with 4 decimals
     assert (tmp_path / "results_pr.png").exists()
+
+
+@pytest.mark.parametrize("extra,fragment", [
+    (["--annotations", "{tmp}/no_bbox.json"], "annotations[0] has no 'bbox'"),
+    (["--results", "/proc/results.json"], "/proc/results.json: cannot write"),
+    (["--plot", "{tmp}/plain.txt/pr.png"], "is a file, not a folder"),
+    (["--nms_threshold", "1.5"], "between 0 and 1"),
+])
+def test_eval_coco_cli_checks_before_running(dataset, extra, fragment, tmp_path):
+    """Annotations and output paths are checked before the model is even opened (its path does not exist)."""
+    images, annotations, _ = dataset
+    (tmp_path / "no_bbox.json").write_text(NO_BBOX)
+    (tmp_path / "plain.txt").write_text("a file")
+    args = {"--annotations": str(annotations)}
+    filled = [a.format(tmp=tmp_path) for a in extra]
+    if filled[0] == "--annotations":
+        args = {}
+    result = subprocess.run([sys.executable, str(ROOT / "eval_coco.py"), "--onnx", str(tmp_path / "later.onnx"),
+                             "--input", str(images), *[v for kv in args.items() for v in kv], *filled],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert fragment in result.stderr.strip().splitlines()[-1]
+
+
+def test_model_names_that_contradict_the_category_ids_are_warned_about(dataset, caplog):
+    _, annotations, _ = dataset
+    gt = coco_eval.load_annotations(str(annotations))
+    with caplog.at_level("WARNING"):
+        coco_eval.warn_if_names_differ(gt, ["a", "b", "box"])  # class 2 -> category 3 "box": consistent
+    assert not caplog.records
+    with caplog.at_level("WARNING"):
+        coco_eval.warn_if_names_differ(gt, ["a", "b", "ball"])
+    assert "class 2 is 'ball', category 3 is 'box'" in caplog.text and "--labels" in caplog.text

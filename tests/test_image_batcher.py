@@ -205,3 +205,28 @@ def test_draft_decode_is_close_and_maps_the_same(tmp_path):
     assert (full_info[0].scale_x, full_info[0].scale_y) == (fast_info[0].scale_x, fast_info[0].scale_y)
     assert (full_info[0].width, full_info[0].height) == (2400, 1600)
     assert np.abs(full - fast).mean() < 2.0
+
+
+@pytest.mark.parametrize("draft", [False, True])
+def test_exif_orientation_is_applied(tmp_path, draft):
+    """A phone photo stored 800x400 with orientation 6 (rotate 90 clockwise to display) is read upright, 400x800."""
+    stored = Image.new("RGB", (800, 400), (0, 0, 255))
+    ImageDraw.Draw(stored).rectangle([0, 0, 99, 99], fill=(255, 0, 0))  # stored top-left corner
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "phone.jpg"
+    stored.save(path, exif=exif, quality=95)
+
+    image, original = load_rgb(str(path), (128, 128) if draft else None)
+    assert original == (400, 800)
+    pixels = np.asarray(image, np.int32)
+    assert pixels.shape[0] > pixels.shape[1]  # upright: taller than wide
+    corner = pixels[: pixels.shape[0] // 16, -pixels.shape[1] // 8:]  # displayed top-right corner
+    assert np.abs(corner - [255, 0, 0]).max() < 40
+
+    batch, infos = next(iter(ImageBatcher(str(path), (128, 128), "NHWC", draft=draft)))
+    assert (infos[0].width, infos[0].height) == (400, 800)
+    assert infos[0].scale_x == pytest.approx(infos[0].scale_y, rel=0.02)
+    assert np.abs(batch[0, :6, 58:62] - [255, 0, 0]).max() < 40  # red at the fitted image's top-right
+    padding = batch[0, :, 65:].reshape(-1, 3)  # the fitted image is 64 wide; the rest is padding
+    assert padding.std(axis=0).max() < 1

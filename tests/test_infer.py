@@ -1,10 +1,13 @@
 """infer.py end to end on the CPU over awkward image folders."""
 
 import json
+import os
+import stat
 import subprocess
 import sys
 
 import numpy as np
+import onnx
 import pytest
 from PIL import Image
 
@@ -22,8 +25,6 @@ def d0_onnx(fixture_model, work_dir):
     _, converted, _ = fixture_model("d0_hard")
     path = work_dir / "infer-d0.onnx"
     if not path.exists():
-        import onnx
-
         onnx.save(create_onnx.build_graph(converted), str(path))
     return str(path)
 
@@ -102,14 +103,131 @@ def test_infer_benchmark_mode_on_cpu(d0_onnx):
 
 @pytest.mark.parametrize("args,fragment", [
     (["--input", "nowhere", "--output", "{tmp}/o"], "exactly one of --engine"),
-    (["--onnx", "{onnx}", "--input", "{tmp}"], "--input needs --output"),
-    (["--onnx", "missing.onnx", "--input", ".", "--output", "o"], "missing.onnx"),
+    (["--onnx", "{onnx}", "--input", "{images}"], "--input needs --output"),
+    (["--onnx", "missing.onnx", "--input", "{images}", "--output", "{tmp}/o"], "missing.onnx"),
     (["--onnx", "{onnx}", "--input", "/no/such/folder", "--output", "{tmp}/o"], "/no/such/folder"),
-    (["--onnx", "{onnx}", "--input", "{tmp}", "--output", "{tmp}/o"], "no .jpg"),
-    (["--onnx", "{onnx}", "--input", "{tmp}", "--output", "{tmp}/o", "--labels", "nolabels.txt"], "nolabels.txt"),
+    (["--onnx", "{onnx}", "--input", "{images}", "--output", "{tmp}/o"], "no .jpg"),
+    (["--onnx", "{onnx}", "--input", "{images}", "--output", "{tmp}/o", "--labels", "nolabels.txt"], "nolabels.txt"),
+    (["--onnx", "{onnx}", "--nms_threshold", "2"], "between 0 and 1"),
+    (["--onnx", "{onnx}", "--nms_threshold", "-1"], "between 0 and 1"),
+    (["--onnx", "{onnx}", "--batch_size", "0"], "at least 1"),
+    (["--onnx", "{onnx}", "-b", "-3"], "at least 1"),
+    (["--onnx", "{onnx}", "--max_images", "0"], "at least 1"),
 ])
 def test_infer_errors_are_one_line(args, fragment, d0_onnx, tmp_path):
-    filled = [a.format(onnx=d0_onnx, tmp=tmp_path) for a in args]
+    (tmp_path / "images").mkdir()
+    filled = [a.format(onnx=d0_onnx, tmp=tmp_path, images=tmp_path / "images") for a in args]
     result = run_infer(*filled)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert fragment.format(tmp=tmp_path) in result.stderr.strip().splitlines()[-1]
+
+
+def folder_snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture()
+def two_images(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    make_image(256, 256, 11)[0].save(folder / "a.png")
+    make_image(300, 200, 12)[0].save(folder / "b.png")
+    return folder
+
+
+@pytest.mark.parametrize("output", ["{images}", "{images}/results", "{tmp}"])
+def test_output_folder_overlapping_the_input_is_refused(output, d0_onnx, two_images, tmp_path):
+    """Same folder, a folder inside it, or one containing it: refused before anything is written."""
+    before = folder_snapshot(tmp_path)
+    result = run_infer("--onnx", d0_onnx, "--input", str(two_images),
+                       "--output", output.format(images=two_images, tmp=tmp_path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "outside the input folder" in result.stderr.strip().splitlines()[-1]
+    assert folder_snapshot(tmp_path) == before and not (two_images / "results").exists()
+
+
+def test_a_result_file_never_replaces_its_input_image(d0_onnx, two_images):
+    before = folder_snapshot(two_images)
+    result = run_infer("--onnx", d0_onnx, "--input", str(two_images / "a.png"), "--output", str(two_images))
+    assert result.returncode == 2 and "would be overwritten" in result.stderr.strip().splitlines()[-1]
+    assert folder_snapshot(two_images) == before
+
+
+@pytest.mark.parametrize("extra,named", [
+    (["--results_json", "/proc/results.json"], "/proc/results.json"),
+    (["--results_json", "{tmp}/plain.txt/results.json"], "plain.txt"),
+    (["--results_json", "{tmp}/no_folder/results.json"], "no_folder"),
+    (["--output", "/proc/out"], "/proc/out"),
+    (["--output", "{tmp}/plain.txt/out"], "plain.txt"),
+])
+def test_unwritable_outputs_are_refused_before_inference(extra, named, d0_onnx, two_images, tmp_path):
+    (tmp_path / "plain.txt").write_text("a file, not a folder")
+    result = run_infer("--onnx", d0_onnx, "--input", str(two_images), "--output", str(tmp_path / "out"),
+                       *[a.format(tmp=tmp_path) for a in extra])
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and named in last
+    assert not list((tmp_path / "out").glob("*.txt"))  # refused before any image was run
+
+
+def test_files_are_written_with_the_umask_mode(d0_onnx, two_images, tmp_path):
+    """Outputs get what any new file gets under the user's umask, not the temporary file's 0600."""
+    output = tmp_path / "out"
+    results_json = tmp_path / "results.json"
+    result = subprocess.run([sys.executable, str(ROOT / "infer.py"), "--onnx", d0_onnx, "--input", str(two_images),
+                             "--output", str(output), "--results_json", str(results_json)],
+                            capture_output=True, text=True, preexec_fn=lambda: os.umask(0o002))
+    assert result.returncode == 0, result.stderr[-2000:]
+    written = [output / "a.png", output / "a.txt", output / "b.png", output / "b.txt", results_json]
+    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in written} == {oct(0o664)}
+
+
+def test_stale_results_are_removed(d0_onnx, two_images, tmp_path):
+    """An image's files always come from the latest run that read it (README: "Output files")."""
+    output = tmp_path / "out"
+    first = run_infer("--onnx", d0_onnx, "--input", str(two_images), "--output", str(output))
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert sorted(p.name for p in output.iterdir()) == ["a.png", "a.txt", "b.png", "b.txt"]
+
+    (two_images / "b.png").write_bytes(b"\x89PNG damaged since the first run")
+    second = run_infer("--onnx", d0_onnx, "--input", str(two_images), "--output", str(output))
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "1 unreadable skipped" in second.stdout and "b.txt" in second.stderr
+    assert sorted(p.name for p in output.iterdir()) == ["a.png", "a.txt"]
+
+    third = run_infer("--onnx", d0_onnx, "--input", str(two_images), "--output", str(output), "--no_visualizations")
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert sorted(p.name for p in output.iterdir()) == ["a.txt"]
+
+
+def test_a_valid_onnx_that_is_not_a_detector_is_a_clear_error(tmp_path, two_images):
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["image"], ["pooled"]), helper.make_node("Flatten", ["pooled"], ["logits"])],
+        "classifier", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3])])
+    path = tmp_path / "classifier.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    result = run_infer("--onnx", str(path), "--input", str(two_images), "--output", str(tmp_path / "out"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "classifier.onnx" in last and "not an EfficientDet detector graph" in last and "create_onnx.py" in last
+
+
+def test_class_names_travel_in_the_onnx(fixture_model, d0_onnx, tmp_path):
+    """create_onnx --labels stores the names; the runner reads them back; without names, COCO's for 90 classes."""
+    import labels
+
+    _, converted, _ = fixture_model("d0_hard")  # 90 classes, like AutoML's COCO models
+    names = [f"shape_{index}" for index in range(90)]
+    named = tmp_path / "named.onnx"
+    onnx.save(create_onnx.build_graph(converted, class_names=names), str(named))
+    with OnnxCpuRunner(str(named)) as runner:
+        assert labels.model_labels(runner.metadata) == names
+        assert labels.model_labels(runner.metadata, ["x", "y"]) == ["x", "y"]
+    with OnnxCpuRunner(d0_onnx) as runner:  # no names stored
+        assert labels.model_labels(runner.metadata)[:2] == ["person", "bicycle"]
+    assert labels.model_labels({"num_classes": "3"}) == ["class_0", "class_1", "class_2"]
+    with pytest.raises(create_onnx.UserError, match="3 class names but .* has 90 classes"):
+        create_onnx.build_graph(converted, class_names=["a", "b", "c"])

@@ -91,19 +91,27 @@ def test_foreign_file_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.skipif(gpu_available(), reason="checks the refusal on machines without a GPU")
-def test_without_a_gpu_the_runner_refuses_before_touching_tensorrt(tmp_path):
+def test_without_tensorrt_or_a_gpu_the_runner_says_which(tmp_path):
+    """A file that is not an engine, on a machine that cannot run one: the error names what is missing."""
+    import importlib.util
+
     path = tmp_path / "model.engine"
-    path.write_bytes(b"\x00" * 128)
-    try:
-        cuda_memory.load_cuda()
-    except UserError as error:
-        pytest.skip(f"no CUDA Python bindings: {error}")
-    with pytest.raises(UserError, match="no CUDA device found"):
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+    if importlib.util.find_spec("tensorrt") is None:
+        missing = "TensorRT is not installed"
+    else:
+        try:
+            cuda_memory.load_cuda()
+        except UserError as error:
+            pytest.skip(f"no CUDA Python bindings: {error}")
+        missing = "no CUDA device found"
+    with pytest.raises(UserError, match=missing):
         TensorRTRunner(str(path)).activate()
-    result = subprocess.run([sys.executable, str(ROOT / "infer.py"), "--engine", str(path), "--input", str(tmp_path),
-                             "--output", str(tmp_path / "out")], capture_output=True, text=True)
+    (tmp_path / "images").mkdir()
+    result = subprocess.run([sys.executable, str(ROOT / "infer.py"), "--engine", str(path), "--input",
+                             str(tmp_path / "images"), "--output", str(tmp_path / "out")], capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "no CUDA device found" in result.stderr and "--onnx" in result.stderr
+    assert missing in result.stderr and "--onnx" in result.stderr
 
 
 @pytest.mark.parametrize("content,fragment", [(b"", "empty"), (None, "no such engine file"), ("onnx", "ONNX model")])

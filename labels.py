@@ -1,0 +1,64 @@
+"""Class names: from a labels file, from the ONNX metadata create_onnx.py wrote, or defaults.
+
+A model's names travel with it: `create_onnx.py --labels` stores them in the
+ONNX's metadata (key `class_names`, a JSON list), build_engine.py copies that
+metadata beside the engine, and infer/eval/compare_tf read them back. Without
+names, a COCO-sized model (90 classes, AutoML's and TFOD's COCO label maps)
+gets the COCO names, any other model `class_<n>`.
+"""
+
+import json
+import logging
+import os
+
+from common import UserError
+
+log = logging.getLogger("labels")
+
+COCO_LABELS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "labels_coco.txt")
+METADATA_KEY = "class_names"
+COCO_CLASS_COUNTS = (90, 91)
+
+
+def read_labels(path):
+    """One class name per line (class 0 first); blank lines are ignored."""
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such labels file; pass one class name per line with --labels")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            names = [line.strip() for line in handle if line.strip()]
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a UTF-8 text file; --labels takes one class name per line") from None
+    if not names:
+        raise UserError(f"{path}: no class names in it; --labels takes one class name per line")
+    return names
+
+
+def to_metadata(names):
+    return json.dumps(list(names))
+
+
+def from_metadata(metadata):
+    """The class names stored in a model's metadata dict, or None."""
+    text = metadata.get(METADATA_KEY)
+    if not text:
+        return None
+    try:
+        names = json.loads(text)
+    except json.JSONDecodeError:
+        log.warning("the model's %s metadata is not a JSON list; ignoring it", METADATA_KEY)
+        return None
+    return [str(name) for name in names] if isinstance(names, list) else None
+
+
+def model_labels(metadata, given=None):
+    """Names for a model's classes: `given` (read from --labels) if any, else the model's own, else the defaults."""
+    if given:
+        return given
+    stored = from_metadata(metadata)
+    if stored:
+        return stored
+    count = metadata.get("num_classes")
+    if count is None or int(count) in COCO_CLASS_COUNTS:
+        return read_labels(COCO_LABELS)
+    return [f"class_{index}" for index in range(int(count))]
