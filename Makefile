@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+TFOD_PACKAGES := tf-models-research-object-detection==2.8.0.post1 tf-models-official==2.15.0 tf-slim==1.1.0 \
+	tensorflow-io==0.36.0 scipy==1.13.1
 DEMO ?= demo_output
 DEMO_MODEL ?= efficientdet-d0
 DEMO_SIZE ?= 256
@@ -15,6 +17,8 @@ $(VENV)/.installed: requirements.txt requirements-test.txt
 	$(PY) -m pip install -q -r requirements.txt -r requirements-test.txt
 	# AutoML's EfficientDet code (test fixtures, demo model): its declared deps do not install on 3.11
 	$(PY) -m pip install -q --no-deps tflite-model-maker==0.4.3
+	# The TF2 Object Detection API (TFOD test fixtures): its declared deps would replace TensorFlow
+	$(PY) -m pip install -q --no-deps $(TFOD_PACKAGES)
 	touch $@
 
 install: $(VENV)/.installed

@@ -55,6 +55,9 @@ def compare_layers(args):
 
     with OnnxCpuRunner(args.onnx, layout_optimizations=False) as ours, \
             TFSavedModelRunner(args.saved_model, ours.input_hw) as tf_runner:
+        if tf_runner.is_tfod:
+            raise UserError(f"{args.saved_model}: --layers needs an AutoML SavedModel; a TF2 Object Detection API "
+                            "export keeps its tensors inside TensorFlow functions, out of reach by name")
         batcher = ImageBatcher(args.input, ours.input_hw, "NHWC", 1, max_num_images=1,
                                preprocessing=Preprocessing.for_runner(args.preprocessing, ours))
         batch, infos = next(iter(batcher))
@@ -64,6 +67,22 @@ def compare_layers(args):
     for line in layer_compare.report(rows, args.layer_tolerance):
         print(line)
     return 0
+
+
+TFOD_HEADS = ["decoded boxes (pixels)", "scores (sigmoid)"]
+
+
+def tfod_head_deltas(plugin_arrays, row, tf_heads):
+    """Max |ours - TF| of a TFOD model's decoded boxes and sigmoid scores, over the anchors the graph keeps
+    (those whose box lies entirely outside the input are dropped before NMS, as TFOD drops them after)."""
+    import nms_reference
+
+    boxes, logits, anchors = plugin_arrays
+    tf_boxes, tf_scores = tf_heads
+    kept = logits[row, :, 0] > -1e3
+    decoded = nms_reference.decode_center_size(boxes[row], anchors[0])
+    return [float(np.abs(decoded[kept] - tf_boxes[kept]).max()),
+            float(np.abs(nms_reference.sigmoid(logits[row][kept]) - tf_scores[kept]).max())]
 
 
 def main(argv=None):
@@ -132,8 +151,13 @@ def main(argv=None):
         batcher = ImageBatcher(args.input, ours.input_hw, ours.input_layout, ours.fixed_batch or 1, spec.dtype,
                                max_num_images=args.max_images,
                                preprocessing=Preprocessing.for_runner(args.preprocessing, ours))
-        # The pre-NMS heads (TensorFlow's tensor names) when ONNX Runtime runs the graph up to a plugin.
-        heads = [item for item in ours.plugin[2] if isinstance(item, str)] if getattr(ours, "plugin", None) else []
+        # The pre-NMS heads when ONNX Runtime runs the graph up to a plugin: for AutoML the plugin's
+        # inputs by TensorFlow's tensor names; TFOD's are inside its functions, so there its decoded
+        # boxes and sigmoid scores (what its post-processing consumes) are compared instead.
+        plugin = getattr(ours, "plugin", None)
+        heads = [item for item in plugin[2] if isinstance(item, str)] if plugin else []
+        if heads and tf_runner.is_tfod:
+            heads = TFOD_HEADS
         head_deltas = [0.0] * len(heads)
         with tqdm(total=len(batcher.files), unit="img", desc="compare", disable=None) as progress:
             for batch, infos in batcher:
@@ -149,10 +173,14 @@ def main(argv=None):
                     else:
                         canvas = batch[row] if ours.input_layout == "NHWC" else batch[row].transpose(1, 2, 0)
                         image, tf_info = canvas.astype(np.uint8), info
-                    rows, tf_heads = tf_runner.run_image(image, heads)
+                    rows, tf_heads = tf_runner.run_image(image, [] if tf_runner.is_tfod else heads)
                     theirs = split_batch(tf_runner.as_outputs([rows]), [tf_info], args.nms_threshold)[0]
-                    for index, (name, value) in enumerate(zip(heads, tf_heads)):
-                        head_deltas[index] = max(head_deltas[index], float(np.abs(raw[name][row] - value[0]).max()))
+                    if heads and tf_runner.is_tfod:
+                        deltas = tfod_head_deltas(ours.plugin_inputs(raw), row, tf_runner.raw_heads(image))
+                    else:
+                        deltas = [float(np.abs(raw[name][row] - value[0]).max())
+                                  for name, value in zip(heads, tf_heads)]
+                    head_deltas = [max(a, b) for a, b in zip(head_deltas, deltas)]
                     ours_all.append(found)
                     tf_all.append(theirs)
                     sizes.append((info.width, info.height))

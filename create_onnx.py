@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Convert an EfficientDet TensorFlow SavedModel into a TensorRT-ready ONNX graph.
+"""Convert an EfficientDet TensorFlow SavedModel (AutoML, or TF2 Object Detection API) into a TensorRT-ready ONNX.
 
 The graph takes float32 RGB images in 0-255 named `input`, normalises them as the
 model expects, and ends in TensorRT's EfficientNMS_TRT plugin (or BatchedNMS_TRT
@@ -131,9 +131,6 @@ def convert_saved_model(saved_model, tf2onnx_path=None, opset=13):
 
     graph_def, inputs, outputs = tf_to_onnx.load_frozen_graph(saved_model)
     family = tf_to_onnx.detect_family(graph_def, saved_model)
-    if family == tf_to_onnx.TFOD:
-        raise UserError(f"{saved_model}: TF2 Object Detection API EfficientDets are recognised but not converted "
-                        "yet; export the model with AutoML (google/automl efficientdet) instead")
     tf_nms = tf_to_onnx.read_nms_config(graph_def)
     model = tf_to_onnx.convert_to_onnx(graph_def, inputs, outputs, opset)
     if tf2onnx_path:
@@ -151,14 +148,17 @@ def build_graph(converted, input_shape=None, input_format=None, input_size=None,
     """
     import onnx_graphsurgeon as gs
 
+    import automl_graph
     import graph_surgery as surgery
     import labels
+    import tfod_graph
 
+    recognisers = {"automl": automl_graph, "tfod": tfod_graph}  # tf_to_onnx's family names
     check_options(input_shape, input_format, input_size, legacy_plugins, class_agnostic, onnx_nms)
     family = converted.family
     graph = gs.import_onnx(converted.model)
-    stem = surgery.find_stem_conv(graph, family)
-    native_size = surgery.find_model_input_size(graph, stem)
+    parts = recognisers[family].recognise(graph)
+    native_size = parts.native_size
 
     if input_shape:
         batch, height, width, layout = parse_input_shape(input_shape, input_format)
@@ -174,43 +174,46 @@ def build_graph(converted, input_shape=None, input_format=None, input_size=None,
     if native_size and (height, width) != native_size:
         raise UserError(f"{converted.source} was exported for {native_size[0]}x{native_size[1]} images (its anchors "
                         f"and reshapes are fixed); --input_shape/--input_size asked for {height}x{width}. Re-export "
-                        "the SavedModel with that image_size, or leave the size out")
+                        "the SavedModel with that image size, or leave the size out")
 
     if preprocessor == "auto":
-        normalization = surgery.find_input_normalization(graph, stem)
+        normalization = parts.normalization
         if normalization is None:
             log.warning("could not read the model's normalisation constants; using imagenet (set --preprocessor)")
             normalization = surgery.preset_normalization("imagenet")
     else:
         normalization = surgery.preset_normalization(preprocessor)
 
-    class_scope, box_scope = surgery.HEAD_SCOPES[family]
-    class_concat = surgery.find_head_concat(graph, class_scope)
-    box_concat = surgery.find_head_concat(graph, box_scope)
-    split = surgery.find_box_split(box_concat)
-    num_classes = int(class_concat.inputs[0].inputs[0].inputs[1].values[-1])
-    log.info("heads: %s (%d classes), %s", class_concat.name, num_classes, box_concat.name)
+    num_classes = parts.num_classes
     if class_names is not None and len(class_names) != num_classes:
         raise UserError(f"--labels has {len(class_names)} class names but {converted.source} has {num_classes} "
                         "classes; give one name per class, class 0 first")
 
     analysis_shape = [1, height, width, 3] if layout == "NHWC" else [1, 3, height, width]
-    surgery.replace_input(graph, stem, analysis_shape, layout, normalization)
+    surgery.replace_input(graph, parts.stem, analysis_shape, layout, normalization)
 
+    if nms_detections is None and parts.max_detections:
+        nms_detections = parts.max_detections
     score, iou, detections = resolve_thresholds(converted.tf_nms, nms_threshold, iou_threshold, nms_detections)
-    anchors = surgery.extract_anchors(split) if not legacy_plugins else None
+    anchors = parts.anchors(height, width)
+    boxes = surgery.scale_box_encodings(graph, parts.box_head, parts.box_scales)
+    scores = parts.class_head
+    if parts.drops_boxes_outside:
+        scores = surgery.drop_boxes_outside(graph, boxes, scores, anchors, height, width)
     if onnx_nms:
         # The NMS ops go in after constant folding (their shapes follow the batch); until then the
         # heads are the outputs.
-        graph.outputs = [box_concat.outputs[0], class_concat.outputs[0]]
+        graph.outputs = [boxes, scores]
         for tensor in graph.outputs:
             tensor.dtype = np.float32
     elif legacy_plugins:
-        decoded = surgery.find_box_decoder_output(split).outputs[0]
-        surgery.add_batched_nms(graph, decoded, class_concat.outputs[0], num_classes, detections, score, iou)
+        decoded = parts.decoded_boxes
+        if decoded is None:
+            decoded = surgery.add_box_decoder(graph, boxes, anchors)
+        surgery.add_batched_nms(graph, decoded, scores, num_classes, detections, score, iou)
     else:
-        surgery.add_efficient_nms(graph, box_concat.outputs[0], class_concat.outputs[0], anchors, num_classes,
-                                  detections, score, iou, class_agnostic)
+        surgery.add_efficient_nms(graph, boxes, scores, anchors, num_classes, detections, score, iou,
+                                  class_agnostic)
     surgery.cleanup(graph)
     graph = surgery.fold_constants(graph)
     surgery.make_resizes_exact(graph)

@@ -1,26 +1,23 @@
 """ONNX graph edits that turn tf2onnx's EfficientDet graph into a TensorRT-ready one.
 
 Each helper does one thing to an onnx-graphsurgeon Graph and logs it; the order
-they are applied in is in `create_onnx.build_graph`.
+they are applied in is in `create_onnx.build_graph`. What differs between the
+model families is found by automl_graph.py and tfod_graph.py, which each
+return the `ModelParts` below; everything here is shared.
 """
 
 import logging
 from dataclasses import dataclass
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
 from common import UserError
-from tf_to_onnx import AUTOML, TFOD
 
 log = logging.getLogger("graph_surgery")
 
-STEM_SCOPES = {AUTOML: "/stem/", TFOD: "/stem_conv2d/"}
-HEAD_SCOPES = {
-    AUTOML: ("class_net/", "box_net/"),
-    TFOD: ("/WeightSharedConvolutionalClassHead/", "/WeightSharedConvolutionalBoxHead/"),
-}
 OUTPUT_NAMES = ("num_detections", "detection_boxes", "detection_scores", "detection_classes")
 
 # Normalisation on 0-255 RGB, per channel: (x - mean) * inv_std, the same two ops
@@ -50,26 +47,36 @@ def preset_normalization(name):
     raise ValueError(name)
 
 
+@dataclass
+class ModelParts:
+    """What the shared surgery needs from a converted graph (automl_graph.recognise, tfod_graph.recognise)."""
+
+    stem: gs.Node  # the first convolution: the new input is normalised into it
+    native_size: Optional[Tuple[int, int]]  # (H, W) the model was exported for, None if unknown
+    normalization: Optional[Normalization]  # the model's own, None if it could not be read
+    class_head: gs.Variable  # raw class logits [N, A, C]
+    box_head: gs.Variable  # raw box encodings [N, A, 4] as (ty, tx, th, tw), before any box_scales
+    num_classes: int
+    anchors: Callable[[int, int], np.ndarray]  # (height, width) -> [1, A, 4] (yc, xc, h, w) in input pixels
+    box_scales: Optional[np.ndarray] = None  # the box coder's (ty, tx, th, tw) divisors; None: no scaling
+    max_detections: Optional[int] = None  # the model's own detection count when its NMS node does not carry it
+    decoded_boxes: Optional[gs.Variable] = None  # the model's own decoded (ymin, xmin, ymax, xmax) pixel boxes
+    drops_boxes_outside: bool = False  # the model's post-processing discards boxes outside the image (TFOD)
+
+
 # ----------------------------------------------------------------------------- finding things
-
-
-def find_stem_conv(graph, family):
-    scope = STEM_SCOPES[family]
-    convs = [node for node in graph.nodes if node.op == "Conv" and scope in node.name]
-    if not convs:
-        raise UserError(f"no stem convolution ('{scope}') found in the converted graph")
-    return convs[0]
 
 
 def _producer(tensor):
     return tensor.inputs[0] if tensor.inputs else None
 
 
-def _constant(tensor):
+def constant_value(tensor):
+    """The values of a constant tensor, None for a computed one."""
     return tensor.values if isinstance(tensor, gs.Constant) else None
 
 
-def _ancestors(node, limit=64):
+def ancestors(node, limit=64):
     """Nodes feeding `node`, breadth-first (nearest first), at most `limit` of them."""
     seen, queue, out = set(), [node], []
     while queue and len(out) < limit:
@@ -81,41 +88,6 @@ def _ancestors(node, limit=64):
                 out.append(parent)
                 queue.append(parent)
     return out
-
-
-def find_input_normalization(graph, stem):
-    """Read the model's own mean/std from the Sub and Mul/Div constants before the stem.
-
-    AutoML normalises with `(x - mean) / std` (mean, std per channel, shape [1,1,3]);
-    tf2onnx keeps those constants. Returns None when they cannot be found.
-    """
-    mean = inv_std = None
-    for node in _ancestors(stem):
-        values = [_constant(t) for t in node.inputs]
-        consts = [v for v in values if v is not None and v.size in (1, 3) and v.dtype.kind == "f"]
-        if not consts:
-            continue
-        if node.op == "Sub" and mean is None and values[1] is not None:
-            mean = np.broadcast_to(values[1].reshape(-1), (3,)).astype(np.float32)
-        elif node.op == "Mul" and inv_std is None:
-            inv_std = np.broadcast_to(consts[0].reshape(-1), (3,)).astype(np.float32)
-        elif node.op == "Div" and inv_std is None and values[1] is not None:
-            inv_std = (1.0 / np.broadcast_to(values[1].reshape(-1), (3,))).astype(np.float32)
-    if mean is None or inv_std is None:
-        return None
-    std = 1.0 / inv_std.astype(np.float64)
-    return Normalization(mean, inv_std, f"model (mean {np.round(mean.astype(np.float64), 3).tolist()}, "
-                                        f"std {np.round(std, 3).tolist()})")
-
-
-def find_model_input_size(graph, stem):
-    """The (H, W) AutoML crops/pads to before the stem, from the crop Slice's ends."""
-    for node in _ancestors(stem):
-        if node.op == "Slice" and len(node.inputs) >= 3:
-            ends = _constant(node.inputs[2])
-            if ends is not None and ends.size == 3 and ends[2] > 1 << 20 and ends[0] > 0 and ends[1] > 0:
-                return int(ends[0]), int(ends[1])
-    return None
 
 
 def _comes_from_scope(tensor, scope, depth=6):
@@ -138,60 +110,6 @@ def find_head_concat(graph, scope):
                 _comes_from_scope(t, scope) for t in node.inputs):
             return node
     raise UserError(f"cannot find the '{scope}' head's output Concat in the converted graph")
-
-
-def find_box_split(box_concat):
-    for consumer in box_concat.outputs[0].outputs:
-        if consumer.op == "Split" and len(consumer.outputs) == 4:
-            return consumer
-    raise UserError("cannot find the box decoder's 4-way Split after the box head")
-
-
-def _first_descendant(tensor, op, limit=6):
-    """First node of type `op` below `tensor` following first consumers."""
-    current = tensor
-    for _ in range(limit):
-        if not current.outputs:
-            return None
-        node = current.outputs[0]
-        if node.op == op:
-            return node
-        current = node.outputs[0]
-    return None
-
-
-def extract_anchors(split):
-    """Anchors [1, A, 4] as (y_c, x_c, h, w) from the box decoder's Add/Mul constants."""
-    columns = []
-    for index, op in ((0, "Add"), (1, "Add"), (2, "Mul"), (3, "Mul")):
-        node = _first_descendant(split.outputs[index], op)
-        values = None
-        if node is not None:
-            values = next((_constant(t) for t in node.inputs if _constant(t) is not None and _constant(t).size > 1), None)
-        if values is None:
-            raise UserError(f"cannot read the anchors from the box decoder (output {index} of {split.name})")
-        columns.append(values.reshape(-1).astype(np.float32))
-    if len({c.size for c in columns}) != 1:
-        raise UserError("the box decoder's anchor constants have different lengths")
-    anchors = np.stack(columns, axis=-1)[None]
-    log.info("extracted %d anchors from the box decoder", anchors.shape[1])
-    return anchors
-
-
-def find_box_decoder_output(split):
-    """The Concat that stacks the decoded (ymin, xmin, ymax, xmax) boxes."""
-    seen, queue = set(), [split]
-    while queue:
-        node = queue.pop(0)
-        for tensor in node.outputs:
-            for consumer in tensor.outputs:
-                if id(consumer) in seen:
-                    continue
-                seen.add(id(consumer))
-                if consumer.op == "Concat" and len(consumer.inputs) == 4:
-                    return consumer
-                queue.append(consumer)
-    raise UserError("cannot find the box decoder's output Concat")
 
 
 # ----------------------------------------------------------------------------- edits
@@ -220,6 +138,82 @@ def replace_input(graph, stem, shape, layout, normalization):
     graph.inputs = [image]
     log.info("input 'input' %s float32 %s, normalisation %s", list(shape), layout, normalization.source)
     return image
+
+
+def scale_box_encodings(graph, boxes, scales):
+    """Divide (ty, tx, th, tw) by the box coder's scale factors (TFOD's faster_rcnn coder), so the
+    encodings are in the plain coding EfficientNMS_TRT decodes. No node when every factor is 1."""
+    if scales is None or np.all(np.asarray(scales) == 1):
+        return boxes
+    scaled = gs.Variable("boxes/unscaled", dtype=np.float32)
+    factors = (1.0 / np.asarray(scales, np.float64)).astype(np.float32).reshape(1, 1, 4)
+    graph.nodes.append(gs.Node("Mul", "boxes/unscale", inputs=[boxes, gs.Constant("boxes/inv_scales:0", factors)],
+                               outputs=[scaled]))
+    log.info("box encodings divided by the box coder's scale factors %s", np.asarray(scales).tolist())
+    return scaled
+
+
+def add_box_decoder(graph, boxes, anchors, prefix="decode"):
+    """(ty, tx, th, tw) [N, A, 4] against (yc, xc, h, w) anchors -> (ymin, xmin, ymax, xmax) [N, A, 4], in pixels.
+
+    The decoding EfficientNMS_TRT's box_coding 1 does inside the plugin, as ONNX ops.
+    """
+    counter = [0]
+
+    def op(kind, inputs, **attrs):
+        counter[0] += 1
+        out = gs.Variable(f"{prefix}/{kind.lower()}_{counter[0]}", dtype=np.float32)
+        graph.nodes.append(gs.Node(kind, f"{prefix}/{kind}_{counter[0]}", attrs=attrs, inputs=inputs, outputs=[out]))
+        return out
+
+    def const(name, values):
+        return gs.Constant(f"{prefix}/{name}", np.asarray(values))
+
+    offsets = op("Mul", [op("Slice", [boxes, const("c0", [0]), const("c2", [2]), const("ax", [2])]),
+                         const("anchor_sizes", anchors[..., 2:])])
+    centers = op("Add", [offsets, const("anchor_centers", anchors[..., :2])])
+    sizes = op("Mul", [op("Exp", [op("Slice", [boxes, const("c2b", [2]), const("c4", [4]), const("axb", [2])])]),
+                       const("anchor_sizes_b", anchors[..., 2:])])
+    half = op("Mul", [sizes, const("half", np.float32(0.5))])
+    return op("Concat", [op("Sub", [centers, half]), op("Add", [centers, half])], axis=2)
+
+
+def drop_boxes_outside(graph, boxes, scores, anchors, height, width):
+    """Class logits of anchors whose decoded box lies entirely outside the H x W input set to -1e4 (dropped).
+
+    TFOD's post-processing clips its NMS results to the image and discards those
+    left without area, then keeps the best max_total_detections; the NMS plugins
+    cannot, so without this such boxes would take output slots TFOD gives to
+    real detections. Masking them before NMS gives TFOD's result except where a
+    box outside the image would have suppressed an overlapping one inside it.
+    """
+    corners = add_box_decoder(graph, boxes, anchors, prefix="outside/decode")
+    counter = [0]
+
+    def op(kind, inputs, dtype=np.bool_, **attrs):
+        counter[0] += 1
+        out = gs.Variable(f"outside/{kind.lower()}_{counter[0]}", dtype=dtype)
+        graph.nodes.append(gs.Node(kind, f"outside/{kind}_{counter[0]}", attrs=attrs, inputs=inputs, outputs=[out]))
+        return out
+
+    def coordinate(index):  # [N, A, 1]
+        return op("Slice", [corners, gs.Constant(f"outside/start{index}", np.array([index])),
+                            gs.Constant(f"outside/end{index}", np.array([index + 1])),
+                            gs.Constant(f"outside/axis{index}", np.array([2]))], dtype=np.float32)
+
+    def scalar(name, value):
+        return gs.Constant(f"outside/{name}", np.array(value, np.float32))
+
+    ymin, xmin, ymax, xmax = (coordinate(i) for i in range(4))
+    keep = op("And", [op("And", [op("Less", [ymin, scalar("height", height)]),
+                                 op("Less", [xmin, scalar("width", width)])]),
+                      op("And", [op("Greater", [ymax, scalar("zero_y", 0.0)]),
+                                 op("Greater", [xmax, scalar("zero_x", 0.0)])])])  # [N, A, 1]
+    masked = gs.Variable("outside/scores", dtype=np.float32)
+    graph.nodes.append(gs.Node("Where", "outside/mask", inputs=[keep, scores, gs.Constant(
+        "outside/dropped", np.array(-1e4, np.float32))], outputs=[masked]))
+    log.info("anchors whose box falls entirely outside the %dx%d input are dropped before NMS", height, width)
+    return masked
 
 
 def add_efficient_nms(graph, boxes, scores, anchors, num_classes, max_detections, score_threshold,
@@ -266,13 +260,7 @@ def add_onnx_nms(graph, boxes, scores, anchors, num_classes, max_detections, sco
         return gs.Constant(f"nms/{name}", np.asarray(values))
 
     num_anchors = anchors.shape[1]
-    # Decode (ty, tx, th, tw) against (yc, xc, h, w) anchors into (ymin, xmin, ymax, xmax).
-    centers = op("Add", [op("Mul", [op("Slice", [boxes, const("c0", [0]), const("c2", [2]), const("ax", [2])]),
-                                     const("anchor_sizes", anchors[..., 2:])]), const("anchor_centers", anchors[..., :2])])
-    sizes = op("Mul", [op("Exp", [op("Slice", [boxes, const("c2b", [2]), const("c4", [4]), const("axb", [2])])]),
-                       const("anchor_sizes_b", anchors[..., 2:])])
-    half = op("Mul", [sizes, const("half", np.float32(0.5))])
-    corners = op("Concat", [op("Sub", [centers, half]), op("Add", [centers, half])], axis=2)  # [N, A, 4]
+    corners = add_box_decoder(graph, boxes, anchors, prefix="nms/decode")  # [N, A, 4]
     probabilities = op("Sigmoid", [scores])  # [N, A, C]
     per_class = op("Transpose", [probabilities], perm=[0, 2, 1])  # [N, C, A]
     selected = op("NonMaxSuppression", [corners, per_class, const("max_per_class", np.array([max_detections], np.int64)),
@@ -484,7 +472,7 @@ def make_reshapes_batch_agnostic(graph, batch):
     for node in graph.nodes:
         if node.op != "Reshape":
             continue
-        target = _constant(node.inputs[1])
+        target = constant_value(node.inputs[1])
         out_shape = node.outputs[0].shape
         if target is None or target.size < 2 or out_shape is None or len(out_shape) != target.size:
             continue

@@ -34,7 +34,9 @@ from graph_surgery import cleanup, infer_shapes
 log = logging.getLogger("quantize")
 
 # Kept out of INT8 in "mixed" precision (TensorRT 8.6/10.x keeps them at FP16).
-MIXED_KEPT_SCOPES = ("/stem/", "blocks_0/", "blocks_1/", "blocks_2/")
+# The stem and the first three MBConv blocks: AutoML's blocks_0..2; in TFOD's EfficientNet
+# (tf-models-official) the same blocks are stack_0 (one block) and stack_1 (two).
+MIXED_KEPT_SCOPES = ("/stem/", "blocks_0/", "blocks_1/", "blocks_2/", "/stem_conv2d/", "/stack_0/", "/stack_1/")
 
 
 def conv_nodes(graph, mixed=False):

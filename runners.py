@@ -401,12 +401,15 @@ class TensorRTRunner(Runner):
 
 
 class TFSavedModelRunner(Runner):
-    """An AutoML EfficientDet SavedModel run by TensorFlow, with the same four outputs (for parity checks).
+    """An EfficientDet SavedModel (AutoML or TFOD) run by TensorFlow, with the same four outputs (parity checks).
 
     `infer` is fed the model-size canvases ImageBatcher makes (as uint8), so
     TF's own resize is the identity and both sides see the same pixels; boxes
     come back as (ymin, xmin, ymax, xmax) in those pixels and classes 0-based.
     `run_image` takes an image of any size, which TF resizes and pads itself.
+    AutoML exports answer `detections:0` rows in pixels; TFOD exports
+    (exporter_lib_v2) answer `detection_boxes` normalised to the image and
+    `detection_classes` as label-map ids (class + 1), turned into the same rows.
     """
 
     def __init__(self, saved_model, input_hw, max_detections=100):
@@ -427,9 +430,12 @@ class TFSavedModelRunner(Runner):
             meta = tf.compat.v1.saved_model.loader.load(self.session, ["serve"], self.path)
         signature = meta.signature_def["serving_default"]
         self.input_name = next(iter(signature.inputs.values())).name
-        self.output_name = next(iter(signature.outputs.values())).name
-        if self.output_name != "detections:0":
-            raise UserError(f"{self.path}: only AutoML EfficientDet SavedModels (output detections:0) are supported")
+        self.outputs = {key: value.name for key, value in signature.outputs.items()}
+        self.output_name = next(iter(self.outputs.values()))
+        self.is_tfod = "detection_boxes" in self.outputs and "raw_detection_scores" in self.outputs
+        if not self.is_tfod and self.output_name != "detections:0":
+            raise UserError(f"{self.path}: not an AutoML (output detections:0) or TF2 Object Detection API "
+                            "(detection_boxes, ...) EfficientDet SavedModel")
 
     def deactivate_impl(self):
         self.session.close()
@@ -443,9 +449,31 @@ class TFSavedModelRunner(Runner):
         Returns (detection rows [K, 7] as AutoML writes them, boxes in the
         image's pixels, padding rows removed; values of `tensor_names`).
         """
+        if self.is_tfod:
+            return self._run_tfod(image, tensor_names)
         values = self.session.run([self.output_name, *tensor_names], {self.input_name: image[None]})
         rows = values[0][0]
         return rows[rows[:, 5] > 0][: self.max_detections], values[1:]
+
+    def _run_tfod(self, image, tensor_names):
+        keys = ("num_detections", "detection_boxes", "detection_scores", "detection_classes")
+        values = self.session.run([self.outputs[k] for k in keys] + list(tensor_names),
+                                  {self.input_name: image[None]})
+        count = int(values[0][0])
+        height, width = image.shape[:2]
+        boxes = values[1][0, :count] * np.array([height, width, height, width], np.float32)
+        rows = np.concatenate([np.zeros((count, 1), np.float32), boxes, values[2][0, :count, None],
+                               values[3][0, :count, None]], axis=1)
+        return rows[rows[:, 5] > 0][: self.max_detections], values[4:]
+
+    def raw_heads(self, image):
+        """TFOD only: what its post-processing consumes, for one image: decoded boxes [A, 4] (ymin, xmin,
+        ymax, xmax) in pixels of the model-size canvas TF fitted the image into, and scores [A, C] after
+        the score converter (sigmoid)."""
+        boxes, scores = self.session.run([self.outputs["raw_detection_boxes"], self.outputs["raw_detection_scores"]],
+                                         {self.input_name: image[None]})
+        height, width = self.hw
+        return boxes[0] * np.array([height, width, height, width], np.float32), scores[0]
 
     def as_outputs(self, detection_rows):
         """The four detection outputs of a batch from each image's AutoML detection rows (classes 0-based)."""

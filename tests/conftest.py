@@ -49,6 +49,12 @@ MODELS = {
     "d0_640x320": dict(model_name="efficientdet-d0", image_size="640x320", nms_method="hard", score_thresh=0.4),
 }
 TRAINED_FIXTURES = ["d0_trained", "lite0_trained"]
+# TF2 Object Detection API EfficientDet-D0s (tests/fixtures/make_tfod_savedmodel.py): the zoo's own
+# config, and a fine-tuned-style one with 3 classes, 384x384 and the 10,10,5,5 box coder of other SSDs.
+TFOD_MODELS = {
+    "tfod_d0": dict(num_classes=90, image_size=512, box_coder_scales="1,1,1,1"),
+    "tfod_custom": dict(num_classes=3, image_size=384, box_coder_scales="10,10,5,5"),
+}
 NUM_TEST_IMAGES = 8
 
 
@@ -71,6 +77,29 @@ def saved_model_path(name):
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"fixture export failed:\n{result.stderr[-4000:]}")
+    return str(path)
+
+
+def tfod_source_digest():
+    digest = hashlib.sha256()
+    for name in ("make_tfod_savedmodel.py", "synthetic_images.py"):
+        digest.update((FIXTURE_DIR / name).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def tfod_saved_model_path(name):
+    """Path of TFOD fixture SavedModel `name`, exporting it first (about 3 minutes) if it is not cached."""
+    settings = TFOD_MODELS[name]
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+    path = CACHE / f"{name}-{key}-{tfod_source_digest()}"
+    if not (path / "saved_model.pb").is_file():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, str(FIXTURE_DIR / "make_tfod_savedmodel.py"), "--output", str(path)]
+        for option, value in settings.items():
+            command += [f"--{option}", str(value)]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"TFOD fixture export failed:\n{result.stderr[-4000:]}")
     return str(path)
 
 
@@ -110,6 +139,25 @@ def fixture_model():
             path = saved_model_path(name)
             converted = create_onnx.convert_saved_model(path)
             made[name] = (path, converted, TFReference(path, input_hw(name)))
+        return made[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tfod_model():
+    """tfod_model(name) -> (saved_model_path, ConvertedModel, active TFSavedModelRunner), each made once."""
+    import create_onnx
+    from runners import TFSavedModelRunner
+
+    made = {}
+
+    def get(name):
+        if name not in made:
+            path = tfod_saved_model_path(name)
+            size = TFOD_MODELS[name]["image_size"]
+            tf_runner = TFSavedModelRunner(path, (size, size)).activate()
+            made[name] = (path, create_onnx.convert_saved_model(path), tf_runner)
         return made[name]
 
     return get
