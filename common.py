@@ -62,48 +62,30 @@ class ArgumentParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def unit_interval(text):
-    """argparse type: a float in [0, 1] (score and IoU thresholds)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (got {text})")
-    return value
+def _checked_number(convert, kind, accept, requirement, doc):
+    """An argparse type: `convert` the text, then require `accept(value)`; one-line messages otherwise."""
+
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {kind}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"must be {requirement} (got {text})")
+        return value
+
+    parse.__doc__ = doc
+    return parse
 
 
-def positive_int(text):
-    """argparse type: an integer >= 1 (batch sizes, image counts)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1 (got {text})")
-    return value
-
-
-def positive_float(text):
-    """argparse type: a number > 0 (sizes such as a workspace limit)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0 (got {text})")
-    return value
-
-
-def nonnegative_int(text):
-    """argparse type: an integer >= 0 (warm-up runs)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more (got {text})")
-    return value
+unit_interval = _checked_number(float, "a number", lambda v: 0.0 <= v <= 1.0, "between 0 and 1",
+                                "a float in [0, 1] (score and IoU thresholds)")
+positive_int = _checked_number(int, "a whole number", lambda v: v >= 1, "at least 1",
+                               "an integer >= 1 (batch sizes, image counts)")
+positive_float = _checked_number(float, "a number", lambda v: v > 0, "more than 0",
+                                 "a number > 0 (sizes such as a workspace limit)")
+nonnegative_int = _checked_number(int, "a whole number", lambda v: v >= 0, "0 or more",
+                                  "an integer >= 0 (warm-up runs)")
 
 
 def _probe_writable(folder, path):

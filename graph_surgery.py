@@ -140,6 +140,22 @@ def replace_input(graph, stem, shape, layout, normalization):
     return image
 
 
+def _node_builder(graph, prefix, default_dtype=np.float32):
+    """op(kind, inputs, dtype, **attrs) -> its output tensor, and const(name, values), naming under `prefix`."""
+    counter = [0]
+
+    def op(kind, inputs, dtype=default_dtype, **attrs):
+        counter[0] += 1
+        out = gs.Variable(f"{prefix}/{kind.lower()}_{counter[0]}", dtype=dtype)
+        graph.nodes.append(gs.Node(kind, f"{prefix}/{kind}_{counter[0]}", attrs=attrs, inputs=inputs, outputs=[out]))
+        return out
+
+    def const(name, values):
+        return gs.Constant(f"{prefix}/{name}", np.asarray(values))
+
+    return op, const
+
+
 def scale_box_encodings(graph, boxes, scales):
     """Divide (ty, tx, th, tw) by the box coder's scale factors (TFOD's faster_rcnn coder), so the
     encodings are in the plain coding EfficientNMS_TRT decodes. No node when every factor is 1."""
@@ -158,17 +174,7 @@ def add_box_decoder(graph, boxes, anchors, prefix="decode"):
 
     The decoding EfficientNMS_TRT's box_coding 1 does inside the plugin, as ONNX ops.
     """
-    counter = [0]
-
-    def op(kind, inputs, **attrs):
-        counter[0] += 1
-        out = gs.Variable(f"{prefix}/{kind.lower()}_{counter[0]}", dtype=np.float32)
-        graph.nodes.append(gs.Node(kind, f"{prefix}/{kind}_{counter[0]}", attrs=attrs, inputs=inputs, outputs=[out]))
-        return out
-
-    def const(name, values):
-        return gs.Constant(f"{prefix}/{name}", np.asarray(values))
-
+    op, const = _node_builder(graph, prefix)
     offsets = op("Mul", [op("Slice", [boxes, const("c0", [0]), const("c2", [2]), const("ax", [2])]),
                          const("anchor_sizes", anchors[..., 2:])])
     centers = op("Add", [offsets, const("anchor_centers", anchors[..., :2])])
@@ -188,27 +194,17 @@ def drop_boxes_outside(graph, boxes, scores, anchors, height, width):
     box outside the image would have suppressed an overlapping one inside it.
     """
     corners = add_box_decoder(graph, boxes, anchors, prefix="outside/decode")
-    counter = [0]
-
-    def op(kind, inputs, dtype=np.bool_, **attrs):
-        counter[0] += 1
-        out = gs.Variable(f"outside/{kind.lower()}_{counter[0]}", dtype=dtype)
-        graph.nodes.append(gs.Node(kind, f"outside/{kind}_{counter[0]}", attrs=attrs, inputs=inputs, outputs=[out]))
-        return out
+    op, const = _node_builder(graph, "outside", default_dtype=np.bool_)
 
     def coordinate(index):  # [N, A, 1]
-        return op("Slice", [corners, gs.Constant(f"outside/start{index}", np.array([index])),
-                            gs.Constant(f"outside/end{index}", np.array([index + 1])),
-                            gs.Constant(f"outside/axis{index}", np.array([2]))], dtype=np.float32)
-
-    def scalar(name, value):
-        return gs.Constant(f"outside/{name}", np.array(value, np.float32))
+        return op("Slice", [corners, const(f"start{index}", [index]), const(f"end{index}", [index + 1]),
+                            const(f"axis{index}", [2])], dtype=np.float32)
 
     ymin, xmin, ymax, xmax = (coordinate(i) for i in range(4))
-    keep = op("And", [op("And", [op("Less", [ymin, scalar("height", height)]),
-                                 op("Less", [xmin, scalar("width", width)])]),
-                      op("And", [op("Greater", [ymax, scalar("zero_y", 0.0)]),
-                                 op("Greater", [xmax, scalar("zero_x", 0.0)])])])  # [N, A, 1]
+    keep = op("And", [op("And", [op("Less", [ymin, const("height", np.float32(height))]),
+                                 op("Less", [xmin, const("width", np.float32(width))])]),
+                      op("And", [op("Greater", [ymax, const("zero_y", np.float32(0))]),
+                                 op("Greater", [xmax, const("zero_x", np.float32(0))])])])  # [N, A, 1]
     masked = gs.Variable("outside/scores", dtype=np.float32)
     graph.nodes.append(gs.Node("Where", "outside/mask", inputs=[keep, scores, gs.Constant(
         "outside/dropped", np.array(-1e4, np.float32))], outputs=[masked]))
@@ -248,17 +244,7 @@ def add_onnx_nms(graph, boxes, scores, anchors, num_classes, max_detections, sco
     each image by score (TopK over a dense [N, C*A] score map). Add it after
     constant folding: its shapes follow the real batch.
     """
-    counter = [0]
-
-    def op(kind, inputs, dtype=np.float32, **attrs):
-        counter[0] += 1
-        out = gs.Variable(f"nms/{kind.lower()}_{counter[0]}", dtype=dtype)
-        graph.nodes.append(gs.Node(kind, f"nms/{kind}_{counter[0]}", attrs=attrs, inputs=inputs, outputs=[out]))
-        return out
-
-    def const(name, values):
-        return gs.Constant(f"nms/{name}", np.asarray(values))
-
+    op, const = _node_builder(graph, "nms")
     num_anchors = anchors.shape[1]
     corners = add_box_decoder(graph, boxes, anchors, prefix="nms/decode")  # [N, A, 4]
     probabilities = op("Sigmoid", [scores])  # [N, A, C]
