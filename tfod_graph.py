@@ -18,9 +18,9 @@ SSD graph (exporter_lib_v2, input `input_tensor`) has:
   model, so both are measured by running the decoder (`probe_box_decoder`);
 - `BatchMultiClassNonMaxSuppression`: sigmoid scores (`raw_detection_scores`),
   per-class NMS on the unclipped boxes, clipping to the image, dropping boxes
-  left without area, then the best
-  `max_total_detections` (`PadOrClipBoxList/sub/y`), boxes normalised to the
-  image, classes as label-map ids (class index + 1).
+  left without area, then the best `max_total_detections`
+  (`PadOrClipBoxList/sub/y`); boxes normalised to the image, classes as
+  label-map ids (class index + 1).
 """
 
 import logging
