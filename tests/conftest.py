@@ -63,21 +63,25 @@ def input_hw(name):
     return parse_image_size(MODELS[name]["image_size"])
 
 
-def saved_model_path(name):
-    """Path of fixture SavedModel `name`, exporting it first if it is not cached."""
-    settings = MODELS[name]
+def _exported(name, settings, script, digest, *extra):
+    """CACHE/<name>-<settings key>-<generator digest>, made first by `script` if it is not there."""
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
-    path = CACHE / f"{name}-{key}-{source_digest()}"
+    path = CACHE / f"{name}-{key}-{digest}"
     if not (path / "saved_model.pb").is_file():
         CACHE.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, str(FIXTURE_DIR / "make_automl_savedmodel.py"), "--output", str(path),
-                   "--weights_cache", str(CACHE / "weights")]
+        command = [sys.executable, str(FIXTURE_DIR / script), "--output", str(path), *extra]
         for option, value in settings.items():
             command += [f"--{option}", str(value)]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
-            raise RuntimeError(f"fixture export failed:\n{result.stderr[-4000:]}")
+            raise RuntimeError(f"{script} failed:\n{result.stderr[-4000:]}")
     return str(path)
+
+
+def saved_model_path(name):
+    """Path of AutoML fixture SavedModel `name`, exporting it first if it is not cached."""
+    return _exported(name, MODELS[name], "make_automl_savedmodel.py", source_digest(),
+                     "--weights_cache", str(CACHE / "weights"))
 
 
 def tfod_source_digest():
@@ -89,18 +93,7 @@ def tfod_source_digest():
 
 def tfod_saved_model_path(name):
     """Path of TFOD fixture SavedModel `name`, exporting it first (about 3 minutes) if it is not cached."""
-    settings = TFOD_MODELS[name]
-    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
-    path = CACHE / f"{name}-{key}-{tfod_source_digest()}"
-    if not (path / "saved_model.pb").is_file():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, str(FIXTURE_DIR / "make_tfod_savedmodel.py"), "--output", str(path)]
-        for option, value in settings.items():
-            command += [f"--{option}", str(value)]
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"TFOD fixture export failed:\n{result.stderr[-4000:]}")
-    return str(path)
+    return _exported(name, TFOD_MODELS[name], "make_tfod_savedmodel.py", tfod_source_digest())
 
 
 class TFReference:
