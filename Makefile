@@ -51,6 +51,7 @@ demo: install
 benchmark: install
 	$(PY) benchmarks/bench_create_onnx.py
 	$(PY) benchmarks/bench_image_batcher.py
+	$(PY) benchmarks/bench_nms.py
 	$(PY) benchmarks/bench_coco_eval.py
 	$(PY) benchmarks/bench_calibration.py
 

@@ -36,6 +36,13 @@ BatchedNMS_TRT (for TensorRT < 8)
   false, widths and heights get +1 (Caffe semantics, the plugin's default).
 - All classes merged, sorted by score, the best keep_top_k written; classes as
   float32.
+
+Speed: the candidates are chosen with a partial sort (top_k_order), EfficientNMS
+skips pairs below a bound of its 4096th candidate score first, suppression
+takes one array step per kept box (BatchedNMS: every class in the same step),
+and BatchedNMS stops each class at keep_top_k kept boxes. The outputs are
+bit-identical to the plain form kept in tests/nms_loop_oracle.py
+(tests/test_nms_reference.py, benchmarks/bench_nms.py).
 """
 
 from dataclasses import dataclass
@@ -128,38 +135,94 @@ def iou_one_to_many(box, boxes, offset=0.0):
 
     `offset` 1.0 gives Caffe's pixel-inclusive areas (BatchedNMS, unnormalized).
     """
-    lo1, hi1 = _reordered(box[None])
-    lo2, hi2 = _reordered(boxes)
+    lo1, hi1, area1 = _corners_and_areas(np.asarray(box)[None], offset)
+    lo2, hi2, area2 = _corners_and_areas(boxes, offset)
+    return _iou(lo1, hi1, area1, lo2, hi2, area2, offset)
+
+
+def _corners_and_areas(boxes, offset=0.0):
+    lo, hi = _reordered(np.asarray(boxes))
+    size = hi - lo + offset
+    return lo, hi, size[..., 0] * size[..., 1]
+
+
+def _iou(lo1, hi1, area1, lo2, hi2, area2, offset=0.0):
+    """IoU of corners and areas computed once (the two-element products written
+    out: much faster than reductions over an axis of length 2)."""
     inter_size = np.minimum(hi1, hi2) - np.maximum(lo1, lo2) + offset
-    inter = np.where((inter_size > 0).all(axis=-1), inter_size.prod(axis=-1), 0.0)
-    area1 = (hi1 - lo1 + offset).prod(axis=-1)
-    area2 = (hi2 - lo2 + offset).prod(axis=-1)
+    height, width = inter_size[..., 0], inter_size[..., 1]
+    inter = np.where((height > 0) & (width > 0), height * width, 0.0)
     union = area1 + area2 - inter
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where((inter > 0) & (union > 0), inter / union, 0.0)
 
 
-def _greedy_nms(boxes, classes, iou_threshold, max_keep, class_agnostic, suppress_at_equal=True, offset=0.0):
-    """Indices kept by greedy NMS over boxes already sorted by descending score."""
+def top_k_order(values, k):
+    """Positions of the `k` largest of `values`, largest first, ties in input order.
+
+    The same as np.argsort(-values, kind="stable")[:k], without sorting all of
+    them: a partial sort finds the k-th largest value, every larger one and the
+    first ties are taken, and only those are sorted.
+    """
+    values = np.asarray(values)
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    if len(values) <= k:
+        return np.argsort(-values, kind="stable")
+    kth = np.partition(values, len(values) - k)[len(values) - k]
+    above = np.flatnonzero(values > kth)
+    ties = np.flatnonzero(values == kth)[: k - len(above)]
+    chosen = np.sort(np.concatenate([above, ties]))
+    return chosen[np.argsort(-values[chosen], kind="stable")]
+
+
+def _greedy_nms(boxes, classes, iou_threshold, max_keep, class_agnostic):
+    """Indices kept by EfficientNMS's greedy NMS over boxes sorted by descending score.
+
+    One step per kept box: it suppresses (IoU >= threshold) every later live box
+    of its class (of any class when class_agnostic) at once, and the next live
+    box is found with one array search.
+    """
     count = len(boxes)
+    lo, hi, area = _corners_and_areas(boxes)
     alive = np.ones(count, dtype=bool)
     kept = []
-    for i in range(count):
-        if not alive[i]:
-            continue
-        if len(kept) >= max_keep:
-            break
+    i = 0
+    while i < count and len(kept) < max_keep:
         kept.append(i)
-        rest = np.arange(i + 1, count)
-        rest = rest[alive[rest]]
-        if not class_agnostic:
-            rest = rest[classes[rest] == classes[i]]
-        if len(rest) == 0:
-            continue
-        iou = iou_one_to_many(boxes[i], boxes[rest], offset)
-        drop = iou >= iou_threshold if suppress_at_equal else iou > iou_threshold
-        alive[rest[drop]] = False
+        later = alive[i + 1:] if class_agnostic else alive[i + 1:] & (classes[i + 1:] == classes[i])
+        rest = i + 1 + np.flatnonzero(later)
+        if len(rest):
+            iou = _iou(lo[i:i + 1], hi[i:i + 1], area[i:i + 1], lo[rest], hi[rest], area[rest])
+            alive[rest[iou >= iou_threshold]] = False
+        following = alive[i + 1:]
+        i = i + 1 + int(following.argmax()) if following.any() else count
     return np.asarray(kept, dtype=np.int64)
+
+
+def _greedy_nms_rows(boxes, valid, iou_threshold, max_keep, offset):
+    """BatchedNMS's greedy NMS on every row (class) at once: a [R, K] mask of kept boxes.
+
+    boxes [R, K, 4], each row sorted by descending score, `valid` [R, K] marks
+    real entries, `max_keep` [R] the most each row keeps. Each step keeps the
+    first live box of every row that still has one and drops the row's boxes
+    whose IoU with it is above the threshold.
+    """
+    lo, hi, area = _corners_and_areas(boxes, offset)
+    alive = valid.copy()
+    kept = np.zeros_like(valid)
+    counts = np.zeros(len(boxes), dtype=np.int64)
+    rows = np.flatnonzero(alive.any(axis=1) & (counts < max_keep))
+    while len(rows):
+        first = alive[rows].argmax(axis=1)
+        kept[rows, first] = True
+        alive[rows, first] = False
+        counts[rows] += 1
+        iou = _iou(lo[rows, first][:, None], hi[rows, first][:, None], area[rows, first][:, None],
+                   lo[rows], hi[rows], area[rows], offset)
+        alive[rows] &= ~(iou > iou_threshold)
+        rows = rows[alive[rows].any(axis=1) & (counts[rows] < max_keep[rows])]
+    return kept
 
 
 def _logit_threshold(threshold):
@@ -169,6 +232,30 @@ def _logit_threshold(threshold):
     if threshold >= 1:
         return np.inf
     return float(np.float32(np.log(threshold / (1.0 - threshold))))
+
+
+def _efficient_nms_candidates(scores, threshold, background_class):
+    """Flat (anchor-major) indices into scores [A, C] that can be among the plugin's candidates.
+
+    A candidate scores at least `threshold` and is not the background class;
+    only the best EFFICIENT_NMS_MAX_CANDIDATES of them go on. The K-th largest
+    per-anchor best score is a lower bound of the K-th largest candidate score
+    (K anchors each have a pair that high), so pairs below it are skipped
+    before the partial sort: the same candidates, from a few thousand pairs
+    instead of every one.
+    """
+    classes = scores.shape[1]
+    limit = EFFICIENT_NMS_MAX_CANDIDATES
+    usable = scores if background_class < 0 else np.delete(scores, background_class, axis=1)
+    if len(usable) > limit and usable.shape[1]:
+        best = usable.max(axis=1)
+        bound = np.partition(best, len(best) - limit)[len(best) - limit]
+        if not np.isnan(best).any() and bound > threshold:  # a NaN row has no candidate
+            threshold = bound
+    candidates = np.flatnonzero(scores.reshape(-1) >= threshold)
+    if background_class >= 0:
+        candidates = candidates[candidates % classes != background_class]
+    return candidates
 
 
 def efficient_nms(boxes, scores, anchors=None, params=None):
@@ -199,11 +286,8 @@ def efficient_nms(boxes, scores, anchors=None, params=None):
 
     for n in range(batch):
         flat = scores[n].reshape(-1)
-        candidates = np.nonzero(flat >= threshold)[0]
-        if params.background_class >= 0:
-            candidates = candidates[candidates % num_classes != params.background_class]
-        order = np.argsort(-flat[candidates], kind="stable")[:EFFICIENT_NMS_MAX_CANDIDATES]
-        candidates = candidates[order]
+        candidates = _efficient_nms_candidates(scores[n], threshold, params.background_class)
+        candidates = candidates[top_k_order(flat[candidates], EFFICIENT_NMS_MAX_CANDIDATES)]
         anchor_idx = candidates // num_classes
         class_idx = (candidates % num_classes).astype(np.int32)
         raw = boxes[n, anchor_idx]
@@ -238,27 +322,34 @@ def batched_nms(boxes, scores, params):
     out_boxes = np.zeros((batch, limit, 4), dtype=np.float32)
     out_scores = np.zeros((batch, limit), dtype=np.float32)
     out_classes = np.zeros((batch, limit), dtype=np.float32)
+    classes = [c for c in range(num_classes) if c != params.background_label_id]
     for n in range(batch):
-        picked_scores, picked_boxes, picked_classes = [], [], []
-        for c in range(num_classes):
-            if c == params.background_label_id:
-                continue
-            class_boxes = boxes[n, :, 0 if params.share_location else c, :]
-            idx = np.nonzero(scores[n, :, c] >= params.score_threshold)[0]
-            idx = idx[np.argsort(-scores[n, idx, c], kind="stable")][: params.top_k]
-            kept = _greedy_nms(class_boxes[idx], np.zeros(len(idx)), params.iou_threshold, len(idx),
-                               class_agnostic=True, suppress_at_equal=False, offset=offset)
-            picked_scores.append(scores[n, idx[kept], c])
-            picked_boxes.append(class_boxes[idx[kept]])
-            picked_classes.append(np.full(len(kept), c, dtype=np.float32))
-        if not picked_scores:
+        by_class = np.ascontiguousarray(scores[n].T)  # [C, A]
+        selected = []
+        for c in classes:
+            idx = np.flatnonzero(by_class[c] >= params.score_threshold)
+            selected.append(idx[top_k_order(by_class[c, idx], params.top_k)])
+        width = max((len(idx) for idx in selected), default=0)
+        if width == 0:
             continue
-        all_scores = np.concatenate(picked_scores)
-        order = np.argsort(-all_scores, kind="stable")[:limit]
+        positions = np.zeros((len(classes), width), dtype=np.int64)
+        valid = np.zeros((len(classes), width), dtype=bool)
+        for row, idx in enumerate(selected):
+            positions[row, :len(idx)] = idx
+            valid[row, :len(idx)] = True
+        location = np.zeros(len(classes), dtype=np.int64) if params.share_location else np.array(classes)
+        row_boxes = boxes[n, positions, location[:, None]]  # [C, K, 4]
+        # A class's boxes after its first keep_top_k kept ones can never reach
+        # the output (they follow those in the final stable sort), so stop there.
+        kept = _greedy_nms_rows(row_boxes, valid, params.iou_threshold,
+                                np.minimum(valid.sum(axis=1), limit), offset)
+        rows, columns = np.nonzero(kept)  # class by class, in each class's NMS order
+        all_scores = by_class[np.array(classes)[rows], positions[rows, columns]]
+        order = top_k_order(all_scores, limit)
         count = len(order)
         out_num[n, 0] = count
-        chosen = np.concatenate(picked_boxes)[order]
+        chosen = row_boxes[rows, columns][order]
         out_boxes[n, :count] = np.clip(chosen, 0.0, 1.0) if params.clip_boxes else chosen
         out_scores[n, :count] = all_scores[order]
-        out_classes[n, :count] = np.concatenate(picked_classes)[order]
+        out_classes[n, :count] = np.array(classes, dtype=np.float32)[rows[order]]
     return out_num, out_boxes, out_scores, out_classes

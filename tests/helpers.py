@@ -83,3 +83,29 @@ def ap_against_reference(reference, ours):
     with contextlib.redirect_stdout(io.StringIO()):
         truth.createIndex()
     return float(coco_eval.evaluate(truth, results, [image["id"] for image in dataset["images"]]).stats[0])
+
+
+def random_heads(batch, classes, image_size=512, seed=0, score_step=None):
+    """Raw box regressions, class logits and anchors shaped like EfficientDet-D0's heads.
+
+    Anchors as AutoML lays them out (levels 3-7, 3 scales x 3 aspect ratios,
+    anchor scale 4; 49,104 at 512), regressions ~ N(0, 0.3), logits ~ N(-4, 1.5)
+    like a detector's mostly-background scores. `score_step` rounds the logits
+    to multiples of it, so that many candidates tie.
+    """
+    levels = []
+    for level in range(3, 8):
+        stride = 2 ** level
+        centres = (np.arange(image_size // stride) + 0.5) * stride
+        yc, xc = np.meshgrid(centres, centres, indexing="ij")
+        shapes = [(4 * stride * octave * h, 4 * stride * octave * w)
+                  for octave in (1.0, 2 ** (1 / 3), 2 ** (2 / 3)) for h, w in ((1.0, 1.0), (0.7, 1.4), (1.4, 0.7))]
+        levels.append(np.stack([np.stack([yc, xc, np.full_like(yc, h), np.full_like(yc, w)], -1)
+                                for h, w in shapes], 2).reshape(-1, 4))
+    anchors = np.concatenate(levels)[None].astype(np.float32)
+    rng = np.random.default_rng(seed)
+    boxes = (rng.standard_normal((batch, anchors.shape[1], 4)) * 0.3).astype(np.float32)
+    logits = rng.standard_normal((batch, anchors.shape[1], classes)) * 1.5 - 4
+    if score_step:
+        logits = np.round(logits / score_step) * score_step
+    return boxes, logits.astype(np.float32), anchors

@@ -1,10 +1,12 @@
-"""Hand-made cases for the NumPy EfficientNMS_TRT / BatchedNMS_TRT references."""
+"""The NumPy EfficientNMS_TRT / BatchedNMS_TRT references: hand-made cases, and the fast code against the plain loop."""
 
 import numpy as np
 import pytest
 
+import nms_loop_oracle
+from helpers import random_heads
 from nms_reference import (BatchedNMSParams, EfficientNMSParams, batched_nms, decode_center_size, efficient_nms,
-                           iou_one_to_many)
+                           iou_one_to_many, sigmoid, top_k_order)
 
 
 def corners(*rows):
@@ -174,3 +176,60 @@ def test_batched_nms_unnormalized_boxes_use_pixel_inclusive_iou():
     pixels = BatchedNMSParams(num_classes=1, score_threshold=0.1, iou_threshold=0.05, is_normalized=False)
     assert batched_nms(boxes, scores, normalized)[0][0, 0] == 2
     assert batched_nms(boxes, scores, pixels)[0][0, 0] == 1
+
+
+def test_top_k_order_equals_a_full_stable_sort():
+    rng = np.random.default_rng(3)
+    for values in (rng.standard_normal(1000).astype(np.float32), np.round(rng.standard_normal(1000)),
+                   np.zeros(50, np.float32), np.array([0.0, -0.0, np.inf, -np.inf, 1.0], np.float32)):
+        for k in (0, 1, 7, 49, 50, 999, 1000, 5000):
+            assert np.array_equal(top_k_order(values, k), np.argsort(-values, kind="stable")[:k])
+
+
+def same_outputs(ours, oracle):
+    return all(a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b) for a, b in zip(ours, oracle))
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.001, 0.4])
+def test_efficient_nms_is_bit_identical_to_the_plain_loop_on_d0_sized_heads(threshold):
+    """49,104 anchors x 90 classes, as D0 at 512 gives: the fast selection and suppression change nothing."""
+    boxes, logits, anchors = random_heads(batch=2, classes=90, seed=int(threshold * 1000))
+    for params in (EfficientNMSParams(score_threshold=threshold, iou_threshold=0.5, max_output_boxes=100),
+                   EfficientNMSParams(score_threshold=threshold, iou_threshold=0.5, max_output_boxes=100,
+                                      class_agnostic=True),
+                   EfficientNMSParams(score_threshold=threshold, iou_threshold=0.3, max_output_boxes=300,
+                                      background_class=0)):
+        ours = efficient_nms(boxes, logits, anchors, params)
+        assert same_outputs(ours, nms_loop_oracle.efficient_nms(boxes, logits, anchors, params))
+        assert ours[0].min() > 0
+
+
+def test_efficient_nms_is_bit_identical_when_many_candidates_tie():
+    boxes, logits, anchors = random_heads(batch=1, classes=90, seed=5, score_step=0.5)
+    params = EfficientNMSParams(score_threshold=0.0, iou_threshold=0.5, max_output_boxes=500)
+    assert same_outputs(efficient_nms(boxes, logits, anchors, params),
+                        nms_loop_oracle.efficient_nms(boxes, logits, anchors, params))
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.001, 0.4])
+def test_batched_nms_is_bit_identical_to_the_plain_loop_on_d0_sized_heads(threshold):
+    boxes, logits, anchors = random_heads(batch=1, classes=90, seed=10 + int(threshold * 1000))
+    decoded = decode_center_size(boxes, anchors)[:, :, None, :]
+    scores = sigmoid(logits)
+    variants = [BatchedNMSParams(num_classes=90, score_threshold=threshold, iou_threshold=0.5, is_normalized=False)]
+    if threshold == 0.4:  # the plain loop takes ~7 s per run at the lower thresholds
+        variants.append(BatchedNMSParams(num_classes=90, score_threshold=threshold, iou_threshold=0.3, top_k=300,
+                                         keep_top_k=200, background_label_id=0, is_normalized=True))
+    for params in variants:
+        ours = batched_nms(decoded, scores, params)
+        assert same_outputs(ours, nms_loop_oracle.batched_nms(decoded, scores, params))
+        assert ours[0].min() > 0
+
+
+def test_batched_nms_per_class_locations_are_bit_identical():
+    boxes, logits, anchors = random_heads(batch=1, classes=3, image_size=256, seed=7, score_step=0.25)
+    decoded = decode_center_size(boxes, anchors)
+    per_class = np.stack([decoded, decoded[:, ::-1], decoded * 1.01], axis=2)  # [N, A, 3, 4]
+    params = BatchedNMSParams(num_classes=3, score_threshold=0.01, share_location=False, is_normalized=False)
+    assert same_outputs(batched_nms(per_class, sigmoid(logits), params),
+                        nms_loop_oracle.batched_nms(per_class, sigmoid(logits), params))
