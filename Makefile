@@ -52,6 +52,7 @@ benchmark: install
 	$(PY) benchmarks/bench_create_onnx.py
 	$(PY) benchmarks/bench_image_batcher.py
 	$(PY) benchmarks/bench_nms.py
+	$(PY) benchmarks/bench_cpu_inference.py
 	$(PY) benchmarks/bench_coco_eval.py
 	$(PY) benchmarks/bench_calibration.py
 
