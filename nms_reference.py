@@ -212,7 +212,7 @@ def _greedy_nms_rows(boxes, valid, iou_threshold, max_keep, offset):
     alive = valid.copy()
     kept = np.zeros_like(valid)
     counts = np.zeros(len(boxes), dtype=np.int64)
-    rows = np.flatnonzero(alive.any(axis=1) & (counts < max_keep))
+    rows = np.flatnonzero(alive.any(axis=1) & (max_keep > 0))
     while len(rows):
         first = alive[rows].argmax(axis=1)
         kept[rows, first] = True
@@ -235,7 +235,7 @@ def _logit_threshold(threshold):
 
 
 def _efficient_nms_candidates(scores, threshold, background_class):
-    """Flat (anchor-major) indices into scores [A, C] that can be among the plugin's candidates.
+    """The plugin's candidates: flat (anchor-major) indices into scores [A, C], best first.
 
     A candidate scores at least `threshold` and is not the background class;
     only the best EFFICIENT_NMS_MAX_CANDIDATES of them go on. The K-th largest
@@ -252,10 +252,11 @@ def _efficient_nms_candidates(scores, threshold, background_class):
         bound = np.partition(best, len(best) - limit)[len(best) - limit]
         if not np.isnan(best).any() and bound > threshold:  # a NaN row has no candidate
             threshold = bound
-    candidates = np.flatnonzero(scores.reshape(-1) >= threshold)
+    flat = scores.reshape(-1)
+    candidates = np.flatnonzero(flat >= threshold)
     if background_class >= 0:
         candidates = candidates[candidates % classes != background_class]
-    return candidates
+    return candidates[top_k_order(flat[candidates], limit)]
 
 
 def efficient_nms(boxes, scores, anchors=None, params=None):
@@ -287,7 +288,6 @@ def efficient_nms(boxes, scores, anchors=None, params=None):
     for n in range(batch):
         flat = scores[n].reshape(-1)
         candidates = _efficient_nms_candidates(scores[n], threshold, params.background_class)
-        candidates = candidates[top_k_order(flat[candidates], EFFICIENT_NMS_MAX_CANDIDATES)]
         anchor_idx = candidates // num_classes
         class_idx = (candidates % num_classes).astype(np.int32)
         raw = boxes[n, anchor_idx]
@@ -322,7 +322,7 @@ def batched_nms(boxes, scores, params):
     out_boxes = np.zeros((batch, limit, 4), dtype=np.float32)
     out_scores = np.zeros((batch, limit), dtype=np.float32)
     out_classes = np.zeros((batch, limit), dtype=np.float32)
-    classes = [c for c in range(num_classes) if c != params.background_label_id]
+    classes = np.array([c for c in range(num_classes) if c != params.background_label_id], dtype=np.int64)
     for n in range(batch):
         by_class = np.ascontiguousarray(scores[n].T)  # [C, A]
         selected = []
@@ -337,19 +337,19 @@ def batched_nms(boxes, scores, params):
         for row, idx in enumerate(selected):
             positions[row, :len(idx)] = idx
             valid[row, :len(idx)] = True
-        location = np.zeros(len(classes), dtype=np.int64) if params.share_location else np.array(classes)
+        location = np.zeros(len(classes), dtype=np.int64) if params.share_location else classes
         row_boxes = boxes[n, positions, location[:, None]]  # [C, K, 4]
         # A class's boxes after its first keep_top_k kept ones can never reach
         # the output (they follow those in the final stable sort), so stop there.
         kept = _greedy_nms_rows(row_boxes, valid, params.iou_threshold,
                                 np.minimum(valid.sum(axis=1), limit), offset)
         rows, columns = np.nonzero(kept)  # class by class, in each class's NMS order
-        all_scores = by_class[np.array(classes)[rows], positions[rows, columns]]
+        all_scores = by_class[classes[rows], positions[rows, columns]]
         order = top_k_order(all_scores, limit)
         count = len(order)
         out_num[n, 0] = count
         chosen = row_boxes[rows, columns][order]
         out_boxes[n, :count] = np.clip(chosen, 0.0, 1.0) if params.clip_boxes else chosen
         out_scores[n, :count] = all_scores[order]
-        out_classes[n, :count] = np.array(classes, dtype=np.float32)[rows[order]]
+        out_classes[n, :count] = classes[rows[order]]
     return out_num, out_boxes, out_scores, out_classes

@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "fixtures"))
 import numpy as np  # noqa: E402
 
 
-def best_time(function, repeats):
+def median_time(function, repeats):
     function()  # warm-up
     times = []
     for _ in range(repeats):
@@ -65,10 +65,10 @@ def main():
         theirs = TFSavedModelRunner(path, (height, width)).activate()
         batch8 = np.stack(images).astype(np.float32)
         rows = [
-            ("batch 1", best_time(lambda: theirs.run_image(images[0]), args.repeats),
-             best_time(lambda: ours.infer({"input": batch8[:1]}), args.repeats), 1),
-            ("batch 8", best_time(lambda: [theirs.run_image(image) for image in images], args.repeats),
-             best_time(lambda: ours.infer({"input": batch8}), args.repeats), 8),
+            ("batch 1", median_time(lambda: theirs.run_image(images[0]), args.repeats),
+             median_time(lambda: ours.infer({"input": batch8[:1]}), args.repeats), 1),
+            ("batch 8", median_time(lambda: [theirs.run_image(image) for image in images], args.repeats),
+             median_time(lambda: ours.infer({"input": batch8}), args.repeats), 8),
         ]
     print(f"{args.fixture} ({width}x{height}), {args.threads} threads, median of {args.repeats}")
     print(f"{'':<10}{'TensorFlow ms/img':>18}{'ours ms/img':>13}{'TF img/s':>10}{'ours img/s':>12}{'ours/TF':>9}")

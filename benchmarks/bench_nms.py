@@ -50,24 +50,19 @@ def main():
     print(f"heads: {args.images} images x {boxes.shape[1]} anchors x {logits.shape[2]} classes; s/image, best of "
           f"{args.repeats} (plain form: 1 run)")
     print(f"{'plugin':<16}{'threshold':>10}{'plain loop':>12}{'now':>10}{'speed-up':>10}  identical")
-    for threshold in (0.0, 0.001, 0.4):
-        params = nms_reference.EfficientNMSParams(score_threshold=threshold, iou_threshold=0.5, max_output_boxes=100)
-        old, old_out = per_image(lambda: nms_loop_oracle.efficient_nms(boxes, logits, anchors, params), args.images, 1)
-        new, new_out = per_image(lambda: nms_reference.efficient_nms(boxes, logits, anchors, params), args.images,
-                                 args.repeats)
-        print(f"{'EfficientNMS_TRT':<16}{threshold:>10}{old:>12.3f}{new:>10.3f}{old / new:>9.0f}x  "
-              f"{identical(old_out, new_out)}")
-    if args.skip_batched:
-        return
-    for threshold in (0.0, 0.001, 0.4):
-        params = nms_reference.BatchedNMSParams(num_classes=90, score_threshold=threshold, iou_threshold=0.5,
-                                                is_normalized=False)
-        old, old_out = per_image(lambda: nms_loop_oracle.batched_nms(decoded, scores, params), args.images, 1)
-        new, new_out = per_image(lambda: nms_reference.batched_nms(decoded, scores, params), args.images,
-                                 args.repeats)
-        print(f"{'BatchedNMS_TRT':<16}{threshold:>10}{old:>12.3f}{new:>10.3f}{old / new:>9.0f}x  "
-              f"{identical(old_out, new_out)}")
-
+    cases = [("EfficientNMS_TRT", nms_reference.EfficientNMSParams,
+              lambda module, params: module.efficient_nms(boxes, logits, anchors, params))]
+    if not args.skip_batched:
+        cases.append(("BatchedNMS_TRT", lambda **kw: nms_reference.BatchedNMSParams(num_classes=90, is_normalized=False,
+                                                                                   **kw),
+                      lambda module, params: module.batched_nms(decoded, scores, params)))
+    for plugin, make_params, run in cases:
+        for threshold in (0.0, 0.001, 0.4):
+            params = make_params(score_threshold=threshold, iou_threshold=0.5)
+            old, old_out = per_image(lambda: run(nms_loop_oracle, params), args.images, 1)
+            new, new_out = per_image(lambda: run(nms_reference, params), args.images, args.repeats)
+            print(f"{plugin:<16}{threshold:>10}{old:>12.3f}{new:>10.3f}{old / new:>9.0f}x  "
+                  f"{identical(old_out, new_out)}")
 
 if __name__ == "__main__":
     main()
