@@ -17,6 +17,7 @@ import logging
 
 import numpy as np
 
+import tf_to_onnx
 from common import UserError
 from graph_surgery import ModelParts, Normalization, ancestors, constant_value, find_head_concat
 
@@ -122,6 +123,25 @@ def find_box_decoder_output(split):
                     return consumer
                 queue.append(consumer)
     raise UserError("cannot find the box decoder's output Concat")
+
+
+def tf_outputs(graph_def, serving_outputs):
+    """The TF tensors the conversion keeps: both heads and the box decoder's stacked boxes (everything the
+    ONNX side reads is computed on the way to them; the NMS and the output packing after them are not)."""
+    heads = [tf_to_onnx.find_head_concat(graph_def, scope) for scope in (CLASS_HEAD_SCOPE, BOX_HEAD_SCOPE)]
+    if None in heads:
+        raise UserError(f"cannot find the '{CLASS_HEAD_SCOPE}' and '{BOX_HEAD_SCOPE}' heads' output Concats "
+                        "in the TensorFlow graph")
+    decoded = tf_to_onnx.find_consumer(graph_def, heads[1], "Pack", 4)
+    if decoded is None:
+        raise UserError("cannot find the box decoder's stacked (ymin, xmin, ymax, xmax) boxes in the "
+                        "TensorFlow graph")
+    return [f"{name}:0" for name in (*heads, decoded)]
+
+
+def tf_max_detections(graph_def):
+    """AutoML's NMS op carries the detection count itself (tf_to_onnx.read_nms_config)."""
+    return None
 
 
 def recognise(graph):

@@ -11,10 +11,12 @@ before it is kept: ONNX Runtime loads it and runs one image through it
 an engine with build_engine.py.
 """
 
+import gc
 import logging
 import os
 import time
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -123,20 +125,46 @@ class ConvertedModel:
     family: str
     tf_nms: object  # tf_to_onnx.TFNmsConfig or None
     source: str
+    max_detections: Optional[int] = None  # the model's own detection count when its NMS op does not carry it
 
 
-def convert_saved_model(saved_model, tf2onnx_path=None, opset=13):
-    """Stage 1 (TensorFlow): load the SavedModel and run tf2onnx."""
+def _family_module(family):
+    import automl_graph
+    import tfod_graph
+
+    return {"automl": automl_graph, "tfod": tfod_graph}[family]  # tf_to_onnx's family names
+
+
+def convert_saved_model(saved_model, tf2onnx_path=None, opset=13, full_graph=False):
+    """Stage 1 (TensorFlow): load the SavedModel and run tf2onnx.
+
+    By default only what the graph surgery keeps is converted: the heads and
+    what feeds them, up to the family's own box decoder or raw outputs
+    (automl_graph.tf_outputs, tfod_graph.tf_outputs); the model's own NMS
+    settings are read from the whole graph first. `full_graph` converts the
+    whole serving signature, post-processing included (slower; the old path).
+    """
     import tf_to_onnx
 
-    graph_def, inputs, outputs = tf_to_onnx.load_frozen_graph(saved_model)
-    family = tf_to_onnx.detect_family(graph_def, saved_model)
-    tf_nms = tf_to_onnx.read_nms_config(graph_def)
-    model = tf_to_onnx.convert_to_onnx(graph_def, inputs, outputs, opset)
+    if full_graph:
+        graph_def, inputs, outputs = tf_to_onnx.load_frozen_graph(saved_model)
+        family = tf_to_onnx.detect_family(graph_def, saved_model)
+        tf_nms = tf_to_onnx.read_nms_config(graph_def)
+        max_detections = _family_module(family).tf_max_detections(graph_def)
+    else:
+        with tf_to_onnx.ServingGraph(saved_model) as serving:
+            family = tf_to_onnx.detect_family(serving.graph_def, saved_model)
+            tf_nms = tf_to_onnx.read_nms_config(serving.graph_def)
+            module = _family_module(family)
+            max_detections = module.tf_max_detections(serving.graph_def)
+            outputs = module.tf_outputs(serving.graph_def, serving.outputs)
+            graph_def, inputs = serving.frozen(outputs), serving.inputs
+        gc.collect()  # TensorFlow's copy of the whole graph goes before tf2onnx needs the memory
+    model = tf_to_onnx.convert_to_onnx(graph_def, inputs, outputs, opset, copy_per_pass=full_graph)
     if tf2onnx_path:
         write_bytes_atomic(tf2onnx_path, model.SerializeToString())
         log.info("wrote the raw tf2onnx graph to %s", tf2onnx_path)
-    return ConvertedModel(model, family, tf_nms, saved_model)
+    return ConvertedModel(model, family, tf_nms, saved_model, max_detections)
 
 
 def build_graph(converted, input_shape=None, input_format=None, input_size=None, preprocessor="auto",
@@ -148,16 +176,13 @@ def build_graph(converted, input_shape=None, input_format=None, input_size=None,
     """
     import onnx_graphsurgeon as gs
 
-    import automl_graph
     import graph_surgery as surgery
     import labels
-    import tfod_graph
 
-    recognisers = {"automl": automl_graph, "tfod": tfod_graph}  # tf_to_onnx's family names
     check_options(input_shape, input_format, input_size, legacy_plugins, class_agnostic, onnx_nms)
     family = converted.family
     graph = gs.import_onnx(converted.model)
-    parts = recognisers[family].recognise(graph)
+    parts = _family_module(family).recognise(graph)
     native_size = parts.native_size
 
     if input_shape:
@@ -192,8 +217,8 @@ def build_graph(converted, input_shape=None, input_format=None, input_size=None,
     analysis_shape = [1, height, width, 3] if layout == "NHWC" else [1, 3, height, width]
     surgery.replace_input(graph, parts.stem, analysis_shape, layout, normalization)
 
-    if nms_detections is None and parts.max_detections:
-        nms_detections = parts.max_detections
+    if nms_detections is None and converted.max_detections:
+        nms_detections = converted.max_detections
     score, iou, detections = resolve_thresholds(converted.tf_nms, nms_threshold, iou_threshold, nms_detections)
     anchors = parts.anchors(height, width)
     boxes = surgery.scale_box_encodings(graph, parts.box_head, parts.box_scales)
@@ -272,6 +297,9 @@ def main(argv=None):
                         "infer.py, eval_coco.py and compare_tf.py label detections with them")
     parser.add_argument("--opset", type=int, default=13, choices=range(11, 19), metavar="{11..18}",
                         help="ONNX opset for tf2onnx")
+    parser.add_argument("--full_graph", action="store_true", help="convert the whole serving graph, TensorFlow's "
+                        "post-processing included, before cutting it (slower and larger in memory; the earlier "
+                        "path, for comparison)")
     parser.add_argument("--tf2onnx", metavar="PATH", help="also write the raw tf2onnx graph here (for debugging)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
@@ -290,7 +318,7 @@ def main(argv=None):
         check_output_file(args.tf2onnx, "--tf2onnx")
     if os.path.realpath(args.onnx) == os.path.realpath(args.tf2onnx or ""):
         raise UserError(f"{args.onnx}: --onnx and --tf2onnx name the same file; give them different names")
-    converted = convert_saved_model(args.saved_model, args.tf2onnx, args.opset)
+    converted = convert_saved_model(args.saved_model, args.tf2onnx, args.opset, args.full_graph)
     model = build_graph(converted, args.input_shape, args.input_format, args.input_size, args.preprocessor,
                         args.nms_threshold, args.iou_threshold, args.nms_detections, args.legacy_plugins,
                         args.class_agnostic, args.onnx_nms, class_names)

@@ -59,7 +59,6 @@ class ModelParts:
     num_classes: int
     anchors: Callable[[int, int], np.ndarray]  # (height, width) -> [1, A, 4] (yc, xc, h, w) in input pixels
     box_scales: Optional[np.ndarray] = None  # the box coder's (ty, tx, th, tw) divisors; None: no scaling
-    max_detections: Optional[int] = None  # the model's own detection count when its NMS node does not carry it
     decoded_boxes: Optional[gs.Variable] = None  # the model's own decoded (ymin, xmin, ymax, xmax) pixel boxes
     drops_boxes_outside: bool = False  # the model's post-processing discards boxes outside the image (TFOD)
 

@@ -3,6 +3,7 @@
 This is the only module that imports TensorFlow and tf2onnx.
 """
 
+import contextlib
 import logging
 import os
 import time
@@ -46,8 +47,118 @@ def check_saved_model_path(path):
                         "model_inspect.py --runmode=saved_model or the TF2 Object Detection API exporter")
 
 
+def _serving_meta_graph(path):
+    """The SavedModel's MetaGraphDef tagged 'serve', read from saved_model.pb(txt) without loading the model."""
+    from google.protobuf import text_format
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    binary = os.path.join(path, "saved_model.pb")
+    try:
+        if os.path.isfile(binary):
+            with open(binary, "rb") as stream:
+                saved.ParseFromString(stream.read())
+        else:
+            with open(os.path.join(path, "saved_model.pbtxt")) as stream:
+                text_format.Parse(stream.read(), saved)
+    except Exception as error:  # protobuf raises DecodeError or ParseError for a damaged file
+        raise UserError(f"{path}: saved_model.pb cannot be read ({type(error).__name__}); the SavedModel "
+                        "is damaged, export it again") from error
+    for meta_graph in saved.meta_graphs:
+        if "serve" in meta_graph.meta_info_def.tags:
+            return meta_graph
+    raise UserError(f"{path}: the SavedModel has no graph tagged 'serve'; export it for serving")
+
+
+@contextlib.contextmanager
+def _without_tf_deprecation_warnings():
+    """The TF1 loading and freezing calls used on purpose each log a deprecation warning; hide those."""
+    tf_log = logging.getLogger("tensorflow")
+    level = tf_log.level
+    tf_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        tf_log.setLevel(level)
+
+
+def _first_line(error):
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+class ServingGraph:
+    """A SavedModel's serving_default graph, open for reading and then frozen down to the tensors asked for.
+
+    `graph_def` is the graph to read names and constants from; `outputs` maps
+    the signature's output keys to tensor names; `frozen(tensors)` returns a
+    frozen GraphDef that computes only `tensors` from `inputs`, which is what
+    tf2onnx then converts. A TF1 SavedModel (AutoML's model_inspect.py export)
+    is loaded in a TF1 session and only the part kept is frozen; a TF2 one
+    (TFOD's exporter, Keras exports) is frozen whole by tf2onnx's loader and
+    then cut.
+    """
+
+    def __init__(self, path):
+        import tensorflow as tf
+
+        check_saved_model_path(path)
+        start = time.perf_counter()
+        meta_graph = _serving_meta_graph(path)
+        self.path, self.tf1 = path, not meta_graph.object_graph_def.nodes
+        self._session = None
+        try:
+            if self.tf1:
+                graph = tf.Graph()
+                self._session = tf.compat.v1.Session(graph=graph)
+                with graph.as_default(), _without_tf_deprecation_warnings():
+                    tf.compat.v1.saved_model.loader.load(self._session, ["serve"], path)
+                signature = meta_graph.signature_def["serving_default"]
+                self.inputs = [tensor.name for tensor in signature.inputs.values()]
+                self.outputs = {key: tensor.name for key, tensor in signature.outputs.items()}
+                self.graph_def = graph.as_graph_def()
+            else:
+                from tf2onnx import tf_loader
+
+                self.graph_def, self.inputs, names, renames = tf_loader.from_saved_model(
+                    path, None, None, tag="serve", signatures=["serving_default"], return_tensors_to_rename=True)
+                self.outputs = {renames.get(name, name): name for name in names}
+        except Exception as error:  # TensorFlow raises many types for unreadable models
+            self.close()
+            raise UserError(f"{path}: TensorFlow could not load this SavedModel's serving_default signature "
+                            f"({_first_line(error)})") from error
+        log.info("loaded %s SavedModel %s in %.1f s (%d TF nodes, inputs %s, outputs %s)", "TF1" if self.tf1 else "TF2",
+                 path, time.perf_counter() - start, len(self.graph_def.node), self.inputs, sorted(self.outputs))
+
+    def frozen(self, tensors):
+        """A frozen GraphDef with only the nodes `tensors` (names such as 'concat:0') need."""
+        import tensorflow as tf
+
+        nodes = sorted({name.split(":")[0] for name in tensors})
+        with _without_tf_deprecation_warnings():
+            if self._session is not None:
+                graph_def = tf.compat.v1.graph_util.convert_variables_to_constants(self._session, self.graph_def,
+                                                                                   nodes)
+            else:
+                graph_def = tf.compat.v1.graph_util.extract_sub_graph(self.graph_def, nodes)
+        log.info("kept %d of the graph's %d TF nodes for %s", len(graph_def.node), len(self.graph_def.node),
+                 ", ".join(tensors))
+        return graph_def
+
+    def close(self):
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 def load_frozen_graph(path):
-    """Load a SavedModel's serving signature as a frozen GraphDef.
+    """The whole serving signature as a frozen GraphDef (tf2onnx's own loader, post-processing included).
 
     Returns (graph_def, input_names, output_names).
     """
@@ -59,9 +170,8 @@ def load_frozen_graph(path):
         graph_def, inputs, outputs = tf_loader.from_saved_model(path, None, None, tag="serve",
                                                                 signatures=["serving_default"])[:3]
     except Exception as error:  # TensorFlow raises many types for unreadable models
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"{path}: TensorFlow could not load this SavedModel's serving_default signature "
-                        f"({first_line})") from error
+                        f"({_first_line(error)})") from error
     log.info("loaded SavedModel %s in %.1f s (%d TF nodes, inputs %s, outputs %s)", path,
              time.perf_counter() - start, len(graph_def.node), inputs, outputs)
     return graph_def, inputs, outputs
@@ -108,12 +218,136 @@ def read_nms_config(graph_def):
     return None
 
 
-def convert_to_onnx(graph_def, inputs, outputs, opset=13):
-    """Run tf2onnx on the frozen graph and return the ONNX ModelProto."""
+def _node_name(tensor_or_input):
+    """'scope/op:1' or '^scope/op' -> 'scope/op'."""
+    return tensor_or_input.split(":")[0].lstrip("^")
+
+
+def _consumers(graph_def):
+    found = {}
+    for node in graph_def.node:
+        for name in node.input:
+            found.setdefault(_node_name(name), []).append(node)
+    return found
+
+
+def find_head_concat(graph_def, scope):
+    """Name of the ConcatV2 joining a head's per-level Reshapes whose inputs come from `scope` (the TF
+    counterpart of graph_surgery.find_head_concat); None if there is none."""
+    nodes = {node.name: node for node in graph_def.node}
+
+    def from_scope(name, depth=6):
+        for _ in range(depth):
+            node = nodes.get(_node_name(name))
+            if node is None:
+                return False
+            if scope in node.name:
+                return True
+            if not node.input:
+                return False
+            name = node.input[0]
+        return False
+
+    for node in graph_def.node:
+        parts = [nodes.get(_node_name(name)) for name in node.input[:-1]]  # the last input is the axis
+        if node.op == "ConcatV2" and len(parts) >= 3 and all(
+                part is not None and part.op == "Reshape" and from_scope(part.input[0]) for part in parts):
+            return node.name
+    return None
+
+
+def find_consumer(graph_def, start, op, num_inputs):
+    """Name of the first `op` node with `num_inputs` inputs found breadth-first below node `start`."""
+    consumers = _consumers(graph_def)
+    seen, queue = {start}, [start]
+    while queue:
+        for node in consumers.get(queue.pop(0), []):
+            if node.name in seen:
+                continue
+            if node.op == op and len(node.input) == num_inputs:
+                return node.name
+            seen.add(node.name)
+            queue.append(node.name)
+    return None
+
+
+def find_const(graph_def, suffix):
+    """Value of the Const whose name ends with `suffix`, None if there is none."""
+    import tensorflow as tf
+
+    for node in graph_def.node:
+        if node.op == "Const" and node.name.endswith(suffix):
+            return tf.make_ndarray(node.attr["value"].tensor)
+    return None
+
+
+@contextlib.contextmanager
+def _fresh_node_protos():
+    """While tf2onnx converts, rebuild each node's NodeProto instead of rewriting it in place.
+
+    tf2onnx rewrites every node's NodeProto after each optimizer pass (Node.update_proto
+    clears the attributes and appends them again). With protobuf's upb backend the
+    cleared attributes, weights included, stay in the message's memory until the
+    message itself goes, so a D0 grows by about one copy of its weights per pass
+    (~400 MB over the ~36 passes). A new NodeProto per rewrite frees the old one;
+    the graph tf2onnx returns is the same.
+    """
+    import onnx
+    from tf2onnx import graph as tf2onnx_graph
+
+    rewrite = tf2onnx_graph.Node.update_proto
+    rewritten = ("input", "output", "attribute")
+
+    def update_proto(node, external_tensor_storage=None):
+        fresh = onnx.NodeProto()
+        for field, value in node._op.ListFields():  # name, op_type, domain, doc string
+            if field.name not in rewritten:
+                setattr(fresh, field.name, value)
+        node._op = fresh
+        rewrite(node, external_tensor_storage)
+
+    tf2onnx_graph.Node.update_proto = update_proto
+    try:
+        yield
+    finally:
+        tf2onnx_graph.Node.update_proto = rewrite
+
+
+def convert_to_onnx(graph_def, inputs, outputs, opset=13, copy_per_pass=False):
+    """Run tf2onnx on the frozen graph and return the ONNX ModelProto.
+
+    tf2onnx copies the whole graph before each of its ~36 optimizer passes so
+    that it can skip a pass that fails; that copying is about half its time.
+    Unless `copy_per_pass` (tf2onnx's default behaviour, kept for the full-graph
+    path), the conversion runs without it, and with `_fresh_node_protos`, first
+    and, only if a pass fails, again with it.
+    """
     import tf2onnx
+    from tf2onnx import constants
+
+    def convert(catch_errors):
+        os.environ[constants.ENV_TF2ONNX_CATCH_ERRORS] = "TRUE" if catch_errors else "FALSE"
+        with contextlib.nullcontext() if copy_per_pass else _fresh_node_protos():
+            return tf2onnx.convert.from_graph_def(graph_def, input_names=inputs, output_names=outputs,
+                                                  opset=opset)[0]
 
     start = time.perf_counter()
-    model, _ = tf2onnx.convert.from_graph_def(graph_def, input_names=inputs, output_names=outputs, opset=opset)
+    previous = os.environ.get(constants.ENV_TF2ONNX_CATCH_ERRORS)
+    try:
+        if copy_per_pass:
+            model = convert(catch_errors=True)
+        else:
+            try:
+                model = convert(catch_errors=False)
+            except Exception as error:  # an optimizer pass failed: let tf2onnx skip it instead
+                log.warning("a tf2onnx optimizer failed (%s); converting again with failing optimizers skipped",
+                            _first_line(error))
+                model = convert(catch_errors=True)
+    finally:
+        if previous is None:
+            os.environ.pop(constants.ENV_TF2ONNX_CATCH_ERRORS, None)
+        else:
+            os.environ[constants.ENV_TF2ONNX_CATCH_ERRORS] = previous
     log.info("tf2onnx %s: %d ONNX nodes (opset %d) in %.1f s", tf2onnx.__version__, len(model.graph.node),
              opset, time.perf_counter() - start)
     return model

@@ -27,6 +27,7 @@ import logging
 
 import numpy as np
 
+import tf_to_onnx
 from common import UserError
 from graph_surgery import ModelParts, Normalization, ancestors, constant_value, find_head_concat
 
@@ -138,13 +139,24 @@ def probe_box_decoder(graph, box_head):
     return anchors, np.round(scales, 4)
 
 
-def read_max_detections(graph):
-    for node in graph.nodes:
-        if "PadOrClipBoxList/" in node.name and node.op == "Sub":
-            for tensor in node.inputs:
-                if tensor.name.endswith("PadOrClipBoxList/sub/y:0"):
-                    return int(constant_value(tensor).reshape(-1)[0])
-    return None
+RAW_OUTPUTS = ("raw_detection_boxes", "raw_detection_scores")
+
+
+def tf_outputs(graph_def, serving_outputs):
+    """The TF tensors the conversion keeps: the exporter's raw_detection_boxes (the decoded anchors) and
+    raw_detection_scores (sigmoid of the class head); everything the ONNX side reads is computed on the way
+    to them, BatchMultiClassNonMaxSuppression is not."""
+    missing = [key for key in RAW_OUTPUTS if key not in serving_outputs]
+    if missing:
+        raise UserError(f"the serving signature has no {' or '.join(missing)} output (it has "
+                        f"{', '.join(sorted(serving_outputs))}); export the model with TFOD's exporter_main_v2.py")
+    return [serving_outputs[key] for key in RAW_OUTPUTS]
+
+
+def tf_max_detections(graph_def):
+    """max_total_detections: BatchMultiClassNonMaxSuppression pads or clips its result to it."""
+    value = tf_to_onnx.find_const(graph_def, "PadOrClipBoxList/sub/y")
+    return int(value.reshape(-1)[0]) if value is not None and value.size == 1 else None
 
 
 def check_score_converter(graph, class_head, num_classes):
@@ -168,4 +180,4 @@ def recognise(graph):
     return ModelParts(stem=stem, native_size=find_input_size(graph), normalization=find_normalization(graph),
                       class_head=class_concat.outputs[0], box_head=box_concat.outputs[0], num_classes=num_classes,
                       anchors=lambda height, width: (anchors * [height, width, height, width])[None].astype(np.float32),
-                      box_scales=scales, max_detections=read_max_detections(graph), drops_boxes_outside=True)
+                      box_scales=scales, drops_boxes_outside=True)

@@ -80,7 +80,12 @@ def _exported(name, settings, script, digest, *extra):
 
 def saved_model_path(name):
     """Path of AutoML fixture SavedModel `name`, exporting it first if it is not cached."""
-    return _exported(name, MODELS[name], "make_automl_savedmodel.py", source_digest(),
+    return automl_saved_model(name, **MODELS[name])
+
+
+def automl_saved_model(label, **settings):
+    """Path of an AutoML SavedModel exported with make_automl_savedmodel.py `settings` (cached as `label`)."""
+    return _exported(label, settings, "make_automl_savedmodel.py", source_digest(),
                      "--weights_cache", str(CACHE / "weights"))
 
 

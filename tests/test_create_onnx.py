@@ -193,6 +193,28 @@ def test_legacy_batched_nms_matches_efficient_nms(fixture_model, work_dir):
     assert matched / total >= 0.95
 
 
+def test_pruned_conversion_equals_the_full_graph_one(fixture_model, work_dir):
+    """The default path converts only what the surgery keeps; --full_graph converts the whole serving graph
+    (TensorFlow's NMS and output packing too). Both must give the same model: the same NMS settings, a node
+    count no larger, and equal detections on the test images."""
+    path, pruned, reference = fixture_model("d0_hard")
+    full = create_onnx.convert_saved_model(path, full_graph=True)
+    assert len(pruned.model.graph.node) < len(full.model.graph.node)
+    assert not any(node.op_type == "NonMaxSuppression" for node in pruned.model.graph.node)
+    assert any(node.op_type == "NonMaxSuppression" for node in full.model.graph.node)
+    assert (pruned.family, pruned.tf_nms, pruned.max_detections) == (full.family, full.tf_nms, full.max_detections)
+    models = [create_onnx.build_graph(converted) for converted in (pruned, full)]
+    assert len(models[0].graph.node) <= len(models[1].graph.node)
+    runners = [save_and_open(model, work_dir / f"d0-{name}.onnx") for model, name in zip(models, ("pruned", "full"))]
+    assert runners[0].plugin[1] == runners[1].plugin[1]
+    feed = {"input": as_input(reference.images, "NHWC")}
+    ours, theirs = (runner.infer(feed) for runner in runners)
+    assert ours["num_detections"].tolist() == theirs["num_detections"].tolist()
+    assert np.array_equal(ours["detection_classes"], theirs["detection_classes"])
+    assert np.allclose(ours["detection_boxes"], theirs["detection_boxes"], rtol=0, atol=1e-4)
+    assert np.allclose(ours["detection_scores"], theirs["detection_scores"], rtol=0, atol=1e-6)
+
+
 def test_soft_nms_model_converts_to_hard_nms(fixture_model, work_dir, caplog):
     _, converted, reference = fixture_model("d0_soft")
     assert converted.tf_nms.is_soft
