@@ -110,11 +110,11 @@ def main():
                          same_detections(found["pruned"], found["full graph"])))
 
     print(f"\ncreate_onnx.py, median of {args.repeat} runs per path; peak = largest maximum resident set size")
-    print(f"{'model':22s} {'path':11s} {'wall s':>7s} {'peak MB':>8s} {'nodes':>6s}")
+    print(f"{'model':30s} {'path':11s} {'wall s':>7s} {'peak MB':>8s} {'nodes':>6s}")
     for label, wall, peak, nodes, same in rows:
         for name, _ in PATHS:
-            print(f"{label:22s} {name:11s} {wall[name]:7.1f} {peak[name]:8.0f} {nodes[name]:6d}")
-        print(f"{'':22s} {'ratio':11s} {wall['pruned'] / wall['full graph']:6.2f}x "
+            print(f"{label:30s} {name:11s} {wall[name]:7.1f} {peak[name]:8.0f} {nodes[name]:6d}")
+        print(f"{'':30s} {'ratio':11s} {wall['pruned'] / wall['full graph']:6.2f}x "
               f"{peak['pruned'] / peak['full graph']:7.2f}x   detections {'identical' if same else 'DIFFER'}")
 
 
