@@ -105,13 +105,13 @@ def check_calibration(args, model):
         raise UserError(f"--precision {args.precision} needs calibration images (--calib_input) or an existing "
                         "calibration cache (--calib_cache)")
     from image_batcher import ImageBatcher, Preprocessing
-    from runners import image_layout, onnx_input_mean, onnx_input_shape
+    from runners import image_layout, onnx_input_dtype, onnx_input_mean, onnx_input_shape
 
     shape = onnx_input_shape(model)
     if shape[0] is not None and shape[0] != args.calib_batch_size:
         raise UserError(f"{args.onnx} has a fixed batch of {shape[0]}: calibrate with --calib_batch_size {shape[0]}")
     layout, size = image_layout(shape, args.onnx)
-    return ImageBatcher(args.calib_input, size, layout, args.calib_batch_size,
+    return ImageBatcher(args.calib_input, size, layout, args.calib_batch_size, onnx_input_dtype(model),
                         max_num_images=args.calib_num_images, exact_batches=True, shuffle=True,
                         preprocessing=Preprocessing.for_model(args.preprocessing, onnx_input_mean(model)))
 
@@ -120,9 +120,10 @@ def build(args, model, batcher):
     import cuda_memory
     import trt_adapter
     import trt_builder
-    from runners import engine_metadata_path
+    from runners import engine_metadata_path, onnx_input_dtype
 
     trt = trt_adapter.import_tensorrt()
+    trt_adapter.check_input_dtype(onnx_input_dtype(model), args.onnx)
     cuda = cuda_memory.load_cuda()
     cuda_memory.require_gpu(cuda)  # before any TensorRT object: TensorRT without a GPU can crash
     log.info("TensorRT %s", trt.__version__)

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Convert an EfficientDet TensorFlow SavedModel (AutoML, or TF2 Object Detection API) into a TensorRT-ready ONNX.
 
-The graph takes float32 RGB images in 0-255 named `input`, normalises them as the
-model expects, and ends in TensorRT's EfficientNMS_TRT plugin (or BatchedNMS_TRT
+The graph takes RGB images in 0-255 named `input` (float32, or uint8 with
+--input_dtype uint8), normalises them as the model expects, and ends in TensorRT's EfficientNMS_TRT plugin (or BatchedNMS_TRT
 with --legacy_plugins) with outputs num_detections [N,1] int32, detection_boxes
 [N,D,4] (ymin, xmin, ymax, xmax in input pixels), detection_scores [N,D] and
 detection_classes [N,D] int32 (0-based). The written graph is checked
@@ -169,7 +169,7 @@ def convert_saved_model(saved_model, tf2onnx_path=None, opset=13, full_graph=Fal
 
 def build_graph(converted, input_shape=None, input_format=None, input_size=None, preprocessor="auto",
                 nms_threshold=None, iou_threshold=None, nms_detections=None, legacy_plugins=False,
-                class_agnostic=False, onnx_nms=False, class_names=None):
+                class_agnostic=False, onnx_nms=False, class_names=None, input_dtype="float32"):
     """Stage 2 (ONNX only): graph surgery on a converted model; returns the final onnx.ModelProto.
 
     class_names, if given, are stored in the graph's metadata (labels.py) and must be one per class.
@@ -180,6 +180,8 @@ def build_graph(converted, input_shape=None, input_format=None, input_size=None,
     import labels
 
     check_options(input_shape, input_format, input_size, legacy_plugins, class_agnostic, onnx_nms)
+    if input_dtype not in surgery.INPUT_DTYPES:
+        raise UserError(f"input dtype {input_dtype!r}: choose one of {', '.join(surgery.INPUT_DTYPES)}")
     family = converted.family
     graph = gs.import_onnx(converted.model)
     parts = _family_module(family).recognise(graph)
@@ -215,7 +217,7 @@ def build_graph(converted, input_shape=None, input_format=None, input_size=None,
                         "classes; give one name per class, class 0 first")
 
     analysis_shape = [1, height, width, 3] if layout == "NHWC" else [1, 3, height, width]
-    surgery.replace_input(graph, parts.stem, analysis_shape, layout, normalization)
+    surgery.replace_input(graph, parts.stem, analysis_shape, layout, normalization, input_dtype)
 
     if nms_detections is None and converted.max_detections:
         nms_detections = converted.max_detections
@@ -263,7 +265,8 @@ def build_graph(converted, input_shape=None, input_format=None, input_size=None,
     for key, value in metadata.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
-    log.info("final graph: %d nodes, input %s, batch %s", len(model.graph.node), analysis_shape[1:], batch)
+    log.info("final graph: %d nodes, input %s %s, batch %s", len(model.graph.node), input_dtype,
+             analysis_shape[1:], batch)
     return model
 
 
@@ -277,6 +280,9 @@ def main(argv=None):
     parser.add_argument("-f", "--input_format", choices=["NHWC", "NCHW"], default=None,
                         help="input layout (default: from --input_shape, else NHWC)")
     parser.add_argument("-i", "--input_size", help="H,W of the input (default: the size the model was exported for)")
+    parser.add_argument("--input_dtype", choices=["float32", "uint8"], default="float32",
+                        help="type of the input images: uint8 RGB is cast to float inside the graph (4x less to "
+                        "copy to the GPU or send to a server)")
     parser.add_argument("-p", "--preprocessor", default="auto", choices=["auto", "imagenet", "scale_range"],
                         help="input normalisation: auto reads the model's own mean/std; imagenet; scale_range "
                         "(x*2/255-1, AdvProp models)")
@@ -321,7 +327,7 @@ def main(argv=None):
     converted = convert_saved_model(args.saved_model, args.tf2onnx, args.opset, args.full_graph)
     model = build_graph(converted, args.input_shape, args.input_format, args.input_size, args.preprocessor,
                         args.nms_threshold, args.iou_threshold, args.nms_detections, args.legacy_plugins,
-                        args.class_agnostic, args.onnx_nms, class_names)
+                        args.class_agnostic, args.onnx_nms, class_names, args.input_dtype)
     write_checked_onnx(args.onnx, model)
     log.info("wrote %s in %.1f s", args.onnx, time.perf_counter() - start)
     return 0

@@ -114,17 +114,26 @@ def find_head_concat(graph, scope):
 # ----------------------------------------------------------------------------- edits
 
 
-def replace_input(graph, stem, shape, layout, normalization):
-    """New float32 0-255 RGB input `input`, normalised and (NHWC) transposed into the stem conv.
+INPUT_DTYPES = {"float32": np.float32, "uint8": np.uint8}
+
+
+def replace_input(graph, stem, shape, layout, normalization, dtype="float32"):
+    """New 0-255 RGB input `input` (float32, or uint8 cast to float32 in the graph), normalised and (NHWC)
+    transposed into the stem conv.
 
     The TF preprocessing (cast, resize, pad) is left dangling for cleanup.
     """
-    image = gs.Variable("input", dtype=np.float32, shape=list(shape))
+    image = gs.Variable("input", dtype=INPUT_DTYPES[dtype], shape=list(shape))
+    pixels = image
+    if dtype == "uint8":
+        pixels = gs.Variable("preprocessor/float", dtype=np.float32)
+        graph.nodes.append(gs.Node("Cast", "preprocessor/cast", attrs={"to": onnx.TensorProto.FLOAT},
+                                   inputs=[image], outputs=[pixels]))
     bshape = (1, 1, 1, 3) if layout == "NHWC" else (1, 3, 1, 1)
     centred = gs.Variable("preprocessor/centred", dtype=np.float32)
     normalised = gs.Variable("preprocessor/normalized", dtype=np.float32)
     graph.nodes.append(gs.Node("Sub", "preprocessor/mean", inputs=[
-        image, gs.Constant("preprocessor/mean:0", normalization.mean.reshape(bshape))], outputs=[centred]))
+        pixels, gs.Constant("preprocessor/mean:0", normalization.mean.reshape(bshape))], outputs=[centred]))
     graph.nodes.append(gs.Node("Mul", "preprocessor/inv_std", inputs=[
         centred, gs.Constant("preprocessor/inv_std:0", normalization.inv_std.reshape(bshape))],
         outputs=[normalised]))
@@ -135,7 +144,7 @@ def replace_input(graph, stem, shape, layout, normalization):
         normalised = nchw
     stem.inputs[0] = normalised
     graph.inputs = [image]
-    log.info("input 'input' %s float32 %s, normalisation %s", list(shape), layout, normalization.source)
+    log.info("input 'input' %s %s %s, normalisation %s", list(shape), dtype, layout, normalization.source)
     return image
 
 

@@ -198,8 +198,9 @@ def fit_into(image, original_size, out, layout, preprocessing=Preprocessing()):
         resized = np.asarray(image.resize((new_w, new_h), resample=Image.BILINEAR))
     view = out if layout == "NHWC" else out.transpose(1, 2, 0)
     view[:new_h, :new_w] = resized
-    view[new_h:, :] = preprocessing.pad
-    view[:new_h, new_w:] = preprocessing.pad
+    pad = np.rint(preprocessing.pad) if np.dtype(out.dtype).kind in "iu" else preprocessing.pad  # uint8: nearest
+    view[new_h:, :] = pad
+    view[:new_h, new_w:] = pad
     # The scales the pixels were really resized by, per axis. AutoML's own graph maps boxes back
     # with its one float scale, which the truncated size makes up to one input pixel off.
     return new_w / original_size[0], new_h / original_size[1]

@@ -5,13 +5,15 @@ FP16 has to be in the ONNX. `to_fp16` converts the network to float16 while the
 NMS plugin node keeps float32 inputs and outputs (an FP16 EfficientNMS gives
 duplicate boxes and negative scores: NVIDIA/TensorRT#1758, #2903), and the
 graph's input and the four detection outputs keep their float32/int32 types,
-so every runner and script treats the FP16 graph exactly like the FP32 one.
+so every runner and script treats the FP16 graph exactly like the FP32 one
+(a uint8 input stays uint8, cast straight to float16).
 """
 
 import logging
 import warnings
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from graph_surgery import OUTPUT_NAMES, cleanup
@@ -30,12 +32,22 @@ def to_fp16(model):
         warnings.simplefilter("ignore")  # "float32 number ... will be truncated": expected for tiny weights
         converted = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=block)
     graph = gs.import_onnx(converted)
+    _retype_input_cast(graph)
     _restore_nms_outputs(graph)
     cleanup(graph)
     result = gs.export_onnx(graph)
     halves = sum(1 for t in graph.tensors().values() if getattr(t, "dtype", None) == np.float16)
     log.info("converted to FP16: %d float16 tensors; the NMS and the graph I/O kept float32", halves)
     return result
+
+
+def _retype_input_cast(graph):
+    """A uint8 input's Cast (create_onnx --input_dtype uint8) feeds the float16 network: the converter
+    declares its output float16 but leaves it casting to float32; make it cast to float16 (exact for 0-255)."""
+    for node in graph.nodes:
+        if node.op == "Cast" and node.inputs and node.inputs[0].dtype == np.uint8 and \
+                node.outputs[0].dtype == np.float16:
+            node.attrs["to"] = onnx.TensorProto.FLOAT16
 
 
 def _restore_nms_outputs(graph):

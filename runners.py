@@ -45,6 +45,13 @@ def onnx_input_shape(model):
     return tuple(d.dim_value or None for d in model.graph.input[0].type.tensor_type.shape.dim)
 
 
+def onnx_input_dtype(model):
+    """The numpy type of an ONNX model's first input (float32, float16 or uint8 for this project's graphs)."""
+    import onnx
+
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(model.graph.input[0].type.tensor_type.elem_type))
+
+
 def onnx_input_mean(model):
     """The RGB mean (0-255) the graph's preprocessing subtracts (create_onnx's preprocessor/mean:0), or None."""
     import onnx
@@ -142,6 +149,10 @@ class Runner:
         return batch if isinstance(batch, int) and batch > 0 else None
 
 
+# The image input types a graph from create_onnx.py / build_engine.py --save_onnx can have.
+ONNX_INPUT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
+
+
 class OnnxCpuRunner(Runner):
     """Runs a converted ONNX graph on the CPU, TensorRT NMS plugins included."""
 
@@ -224,7 +235,7 @@ class OnnxCpuRunner(Runner):
 
     def input_spec(self):
         self._session()
-        dtype = np.float16 if self._input.type == "tensor(float16)" else np.float32
+        dtype = ONNX_INPUT_TYPES.get(self._input.type, np.float32)
         shape = tuple(d if isinstance(d, int) else None for d in self._input.shape)
         return TensorSpec(self._input.name, shape, np.dtype(dtype))
 

@@ -128,3 +128,17 @@ def profile_shapes(engine: "tensorrt.ICudaEngine", name, profile=0):
     """(min, opt, max) shapes of an input in an optimization profile."""
     low, opt, high = engine.get_tensor_profile_shape(name, profile)
     return dims_tuple(low), dims_tuple(opt), dims_tuple(high)
+
+
+def check_input_dtype(dtype, path):
+    """A uint8 image input needs TensorRT 8.5 or later.
+
+    NVIDIA's ONNX parser reads UINT8 network inputs from 8.5 (onnx-tensorrt's
+    8.5 GA changelog), as network I/O only, cast to float by the first layer;
+    8.6, 10.x and 11.x all take it (create_onnx's Cast right after the input).
+    """
+    trt = import_tensorrt()
+    version = tuple(int(part) for part in trt.__version__.split(".")[:2] if part.isdigit())
+    if np.dtype(dtype) == np.uint8 and version < (8, 5):
+        raise UserError(f"{path} takes uint8 images, which TensorRT {trt.__version__} cannot take as a network "
+                        "input (8.5 and later can); convert with create_onnx.py --input_dtype float32")

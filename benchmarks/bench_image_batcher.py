@@ -10,7 +10,9 @@ Prints images/s for both on the same generated JPEGs, checks the arrays are
 identical (ImageBatcher with --preprocessing nvidia), then does the same for
 the opt-in reduced-resolution JPEG decode (draft) on large photos and for the
 default AutoML preprocessing (TensorFlow's resize, no antialiasing, exact mean
-padding), reporting their pixel differences from the baseline.
+padding), reporting their pixel differences from the baseline. Last, the
+batcher's uint8 batches (for graphs made with create_onnx.py --input_dtype
+uint8) against its float32 ones: batches/s and bytes per batch side by side.
 """
 
 import argparse
@@ -26,7 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests", "fixtures"))
 
-from image_batcher import NVIDIA, PAD_COLOR, ImageBatcher, Preprocessing, list_images  # noqa: E402
+from image_batcher import AUTOML, NVIDIA, PAD_COLOR, ImageBatcher, Preprocessing, list_images  # noqa: E402
 from synthetic_images import make_image  # noqa: E402
 
 
@@ -78,6 +80,22 @@ def compare(label, folder, shape, layout, batch_size, count, repeats, **options)
     return best_ours / best_base
 
 
+def compare_dtypes(label, folder, shape, layout, batch_size, count, repeats, preprocessing):
+    """ImageBatcher's uint8 batches (create_onnx --input_dtype uint8) against its float32 ones, same images."""
+    rates, nbytes, batches = {}, {}, {}
+    for _ in range(repeats):
+        for dtype in (np.float32, np.uint8):
+            rate, arrays = timed((b for b, _ in ImageBatcher(folder, shape, layout, batch_size, dtype,
+                                                             preprocessing=preprocessing)), count)
+            name = np.dtype(dtype).name
+            rates[name] = max(rates.get(name, 0.0), rate)
+            nbytes[name], batches[name] = arrays[0].nbytes, arrays
+    diff = max(float(np.abs(a.astype(np.float32) - b).max()) for a, b in zip(batches["uint8"], batches["float32"]))
+    print(f"{label:44s} float32 {rates['float32'] / batch_size:6.1f} batches/s, {nbytes['float32'] / 1e6:5.2f} MB"
+          f" | uint8 {rates['uint8'] / batch_size:6.1f} batches/s, {nbytes['uint8'] / 1e6:5.2f} MB | "
+          f"x{rates['uint8'] / rates['float32']:4.2f} | max |diff| {diff:.2f}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--count", type=int, default=96, help="COCO-sized images (640x480)")
@@ -101,6 +119,10 @@ def main():
                 args.repeats, preprocessing=Preprocessing())
         compare("3000x2000 JPEG, NHWC, automl preprocessing", large, shape, "NHWC", args.batch_size, args.large,
                 args.repeats, preprocessing=Preprocessing())
+        print(f"\nuint8 against float32 batches (batch {args.batch_size}; bytes per batch):")
+        for method in (AUTOML, NVIDIA):
+            compare_dtypes(f"640x480 JPEG, NHWC, {method} preprocessing", small, shape, "NHWC", args.batch_size,
+                           args.count, args.repeats, Preprocessing.for_model(method))
 
 
 if __name__ == "__main__":

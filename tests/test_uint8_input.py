@@ -1,0 +1,114 @@
+"""create_onnx.py --input_dtype uint8: the cast inside the graph, uint8 batches, and detections equal to float32's."""
+
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+import create_onnx
+import precision
+import quantize
+from conftest import ROOT, input_hw
+from helpers import matched_fraction, per_image, save_and_open
+from image_batcher import ImageBatcher
+from runners import OnnxCpuRunner, onnx_input_dtype
+from synthetic_images import write_images
+
+FIXTURES = ["d0_trained", "lite0_trained"]
+NUM_IMAGES = 16
+
+
+def _batches(folder, hw, layout, dtype):
+    """Every image of `folder` as one batch of `dtype` (AutoML's preprocessing: resize and mean padding)."""
+    batcher = ImageBatcher(str(folder), hw, layout, NUM_IMAGES, dtype, exact_batches=True)
+    return next(iter(batcher))[0]
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """Photos of another size and shape than the inputs, so the batcher resizes and pads them."""
+    folder = tmp_path_factory.mktemp("uint8-images")
+    write_images(str(folder), NUM_IMAGES, 200, 150, seed=4000, ext="jpg")
+    return folder
+
+
+def _matched(ours, theirs, count):
+    matched = total = 0
+    for index in range(count):
+        fraction, found = matched_fraction(per_image(theirs, index), per_image(ours, index), min_iou=0.999)
+        matched += round(fraction * found)
+        total += found
+    return matched, total
+
+
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("fixture", FIXTURES)
+def test_uint8_graph_equals_float32_graph(fixture, layout, fixture_model, images, work_dir):
+    _, converted, _ = fixture_model(fixture)
+    hw = input_hw(fixture)
+    runners = {}
+    for dtype in ("float32", "uint8"):
+        model = create_onnx.build_graph(converted, input_format=layout, input_dtype=dtype)
+        assert onnx_input_dtype(model) == np.dtype(dtype)
+        runners[dtype] = save_and_open(model, work_dir / f"{fixture}-{layout}-{dtype}.onnx")
+        assert runners[dtype].input_spec().dtype == np.dtype(dtype)
+    pixels = _batches(images, hw, layout, np.uint8)
+    assert pixels.dtype == np.uint8
+    # The same pixels: the cast in the graph gives exactly the floats the float32 graph is fed.
+    same_float, same_uint8 = runners["float32"].infer({"input": pixels.astype(np.float32)}), \
+        runners["uint8"].infer({"input": pixels})
+    for name, value in same_float.items():
+        assert np.array_equal(value, same_uint8[name]), name
+    # Each graph fed by the batcher in its own type: uint8 rounds the resized pixels to integers.
+    ours = runners["uint8"].infer({"input": pixels})
+    theirs = runners["float32"].infer({"input": _batches(images, hw, layout, np.float32)})
+    matched, total = _matched(ours, theirs, NUM_IMAGES)
+    print(f"{fixture} {layout}: uint8 batches vs float32 batches {matched}/{total}")
+    assert total >= NUM_IMAGES and matched / total >= 0.999
+
+
+@pytest.mark.parametrize("variant", ["fp16", "int8"])
+def test_uint8_fp16_and_int8_graphs_equal_float32_ones(variant, fixture_model, images, work_dir, tmp_path):
+    fixture = "d0_trained"
+    _, converted, _ = fixture_model(fixture)
+    hw = input_hw(fixture)
+    cache = tmp_path / "calibration.cache"
+    runners = {}
+    for dtype in ("uint8", "float32"):
+        model = create_onnx.build_graph(converted, input_dtype=dtype)
+        if variant == "fp16":
+            model = precision.to_fp16(model)
+        else:
+            # Calibrated once, on uint8 batches; the float32 graph reuses that cache (the same tensors).
+            batcher = ImageBatcher(str(images), hw, "NHWC", 8, onnx_input_dtype(model), exact_batches=True)
+            model = quantize.to_int8(model, False, batcher if dtype == "uint8" else None, str(cache))
+        assert onnx_input_dtype(model) == np.dtype(dtype)
+        runners[dtype] = save_and_open(model, work_dir / f"{fixture}-{variant}-{dtype}.onnx")
+    pixels = _batches(images, hw, "NHWC", np.uint8)
+    ours = runners["uint8"].infer({"input": pixels})
+    theirs = runners["float32"].infer({"input": pixels.astype(np.float32)})
+    matched, total = _matched(ours, theirs, NUM_IMAGES)
+    print(f"{fixture} {variant}: uint8 graph vs float32 graph {matched}/{total}")
+    assert total >= NUM_IMAGES and matched / total >= 0.999
+
+
+def test_create_onnx_cli_writes_a_uint8_graph_that_infer_runs(fixture_model, images, tmp_path):
+    path, _, _ = fixture_model("d0_trained")
+    output = tmp_path / "uint8.onnx"
+    result = subprocess.run([sys.executable, str(ROOT / "create_onnx.py"), "--saved_model", path, "--onnx",
+                             str(output), "--input_dtype", "uint8", "--input_format", "NCHW"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    model = onnx.load(str(output))
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert [node.op_type for node in model.graph.node][:1] == ["Cast"]
+    results = tmp_path / "results"
+    result = subprocess.run([sys.executable, str(ROOT / "infer.py"), "--onnx", str(output), "--input", str(images),
+                             "--output", str(results)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    written = sorted(p.name for p in results.iterdir() if p.suffix == ".txt")
+    assert len(written) == NUM_IMAGES
+    runner = OnnxCpuRunner(str(output)).activate()
+    assert runner.input_spec().dtype == np.uint8 and runner.input_layout == "NCHW"
