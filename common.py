@@ -121,6 +121,13 @@ def prepare_output_folder(path, flag):
     _probe_writable(path, path)
 
 
+def folder_mode():
+    """The mode a newly created folder gets under the current umask (tempfile.mkdtemp's are always 0700)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o777 & ~mask
+
+
 def _file_mode():
     """The mode a newly created file gets under the current umask (tempfile.mkstemp's are always 0600)."""
     mask = os.umask(0)

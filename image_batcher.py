@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from itertools import islice
 
 import numpy as np
+import numpy.typing as npt
 from PIL import Image, ImageOps
 
 from common import UserError
@@ -235,8 +236,8 @@ class ImageBatcher:
     a `Preprocessing` (default AutoML's, padding with the ImageNet mean).
     """
 
-    def __init__(self, input_path, shape, layout, batch_size=1, dtype=np.float32, max_num_images=None,
-                 exact_batches=False, shuffle=False, seed=42, recursive=False, workers=None, prefetch=2,
+    def __init__(self, input_path, shape, layout, batch_size=1, dtype: "npt.DTypeLike" = np.float32,
+                 max_num_images=None, exact_batches=False, shuffle=False, seed=42, recursive=False, workers=None, prefetch=2,
                  draft=False, preprocessing=Preprocessing()):
         if layout not in ("NHWC", "NCHW"):
             raise ValueError(f"layout must be NHWC or NCHW, not {layout}")

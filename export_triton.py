@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""Write a Triton Inference Server model repository entry for an engine or an ONNX graph.
+
+  REPOSITORY/NAME/config.pbtxt
+  REPOSITORY/NAME/1/model.plan   (--engine: platform tensorrt_plan)
+  REPOSITORY/NAME/1/model.onnx   (--onnx: platform onnxruntime_onnx)
+  REPOSITORY/NAME/labels.txt     (when the model's class names are known)
+
+Input and output names, types and dims come from the model itself (an
+engine's I/O through TensorRT, which needs a GPU; an ONNX graph's through
+onnx); max_batch_size from the engine's batch profile (an ONNX graph's dynamic
+batch is served up to --max_batch_size), 0 with full dims for a fixed batch.
+ONNX Runtime cannot run TensorRT's NMS plugins: only graphs made with
+create_onnx.py --onnx_nms can be served as onnxruntime_onnx. The entry is
+written in a temporary folder and renamed into place; an existing NAME is
+kept unless --overwrite.
+"""
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+
+from common import (ArgumentParser, UserError, folder_mode, positive_int, prepare_output_folder, run_cli,
+                    setup_logging)
+
+log = logging.getLogger("export_triton")
+
+DEFAULT_ONNX_BATCH = 8
+
+
+def default_name(model_path):
+    """The model file's name without its extension, in the characters Triton model names are safe with."""
+    stem = os.path.splitext(os.path.basename(model_path))[0]
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", stem) or "efficientdet"
+
+
+def check_name(name):
+    if not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith("."):
+        raise UserError(f"--name {name!r}: a model name is one folder name (letters, digits, _ . -)")
+    return name
+
+
+def class_names_of(model_path, engine, given=None):
+    """The class names to write beside the model: --labels, else the ONNX's (or the engine's copied) metadata."""
+    import labels
+    from runners import read_engine_metadata
+
+    if given:
+        return given
+    if engine:
+        return labels.from_metadata(read_engine_metadata(model_path))
+    import onnx
+
+    metadata = {entry.key: entry.value for entry in onnx.load(model_path, load_external_data=False).metadata_props}
+    return labels.from_metadata(metadata)
+
+
+def write_entry(repository, name, model_path, io, config, overwrite=False):
+    """Build REPOSITORY/NAME in a temporary folder beside it, then rename it into place."""
+    import triton_config
+
+    final = os.path.join(repository, name)
+    if os.path.exists(final) and not overwrite:
+        raise UserError(f"{final} exists; choose another --name or pass --overwrite to replace it")
+    work = tempfile.mkdtemp(prefix=f".{name}.", dir=repository)
+    try:
+        os.chmod(work, folder_mode())  # mkdtemp's folders are 0700
+        version = os.path.join(work, "1")
+        os.mkdir(version)
+        shutil.copyfile(model_path, os.path.join(version, triton_config.MODEL_FILES[io.platform]))
+        with open(os.path.join(work, "config.pbtxt"), "w", encoding="utf-8") as handle:
+            handle.write(config)
+        if io.class_names:
+            with open(os.path.join(work, triton_config.LABELS_FILE), "w", encoding="utf-8") as handle:
+                handle.write("\n".join(io.class_names) + "\n")
+        old = None
+        if os.path.exists(final):
+            old = tempfile.mkdtemp(prefix=f".{name}.old.", dir=repository)
+            os.rename(final, os.path.join(old, name))
+        os.rename(work, final)
+        if old:
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return final
+
+
+def main(argv=None):
+    parser = ArgumentParser(__doc__)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("-e", "--engine", help="TensorRT engine (from build_engine.py) to serve as tensorrt_plan")
+    source.add_argument("--onnx", help="ONNX graph (create_onnx.py --onnx_nms) to serve as onnxruntime_onnx")
+    parser.add_argument("-r", "--repository", required=True, help="the model repository folder (created if needed)")
+    parser.add_argument("-n", "--name", help="model name, the folder in the repository (default: the model file's "
+                        "name without extension)")
+    parser.add_argument("--max_batch_size", type=positive_int, help="largest batch Triton forms (default: the "
+                        f"engine profile's maximum; {DEFAULT_ONNX_BATCH} for an ONNX graph with a dynamic batch)")
+    parser.add_argument("--instances", type=positive_int, default=1, help="model instances (instance_group count)")
+    parser.add_argument("-l", "--labels", help="class names, one per line (class 0 first), written as labels.txt "
+                        "(default: the names stored in the model)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing entry of that name")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+
+    import labels
+    import triton_config
+
+    model_path = args.engine or args.onnx
+    if not os.path.isfile(model_path):
+        raise UserError(f"{model_path}: no such file")
+    name = check_name(args.name or default_name(model_path))
+    given = labels.read_labels(args.labels) if args.labels else None
+    prepare_output_folder(args.repository, "--repository")
+    if os.path.exists(os.path.join(args.repository, name)) and not args.overwrite:
+        raise UserError(f"{os.path.join(args.repository, name)} exists; choose another --name or pass --overwrite")
+    names = class_names_of(model_path, bool(args.engine), given)
+    if args.engine:
+        io = triton_config.describe_engine(args.engine, names)
+    else:
+        import onnx
+
+        try:
+            model = onnx.load(args.onnx, load_external_data=False)
+        except Exception as error:  # onnx raises DecodeError and others for a file that is not ONNX
+            raise UserError(f"{args.onnx}: not a readable ONNX model ({type(error).__name__})") from None
+        io = triton_config.describe_onnx(model, args.onnx, args.max_batch_size or DEFAULT_ONNX_BATCH, names)
+    config = triton_config.config_text(io, name, args.max_batch_size, args.instances)
+    final = write_entry(args.repository, name, model_path, io, config, args.overwrite)
+    log.info("wrote %s (%s); serve it with: tritonserver --model-repository %s", final, io.platform,
+             os.path.abspath(args.repository))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
