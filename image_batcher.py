@@ -237,8 +237,8 @@ class ImageBatcher:
     """
 
     def __init__(self, input_path, shape, layout, batch_size=1, dtype: "npt.DTypeLike" = np.float32,
-                 max_num_images=None, exact_batches=False, shuffle=False, seed=42, recursive=False, workers=None, prefetch=2,
-                 draft=False, preprocessing=Preprocessing()):
+                 max_num_images=None, exact_batches=False, shuffle=False, seed=42, recursive=False, workers=None,
+                 prefetch=2, draft=False, preprocessing=Preprocessing()):
         if layout not in ("NHWC", "NCHW"):
             raise ValueError(f"layout must be NHWC or NCHW, not {layout}")
         self.height, self.width = shape
