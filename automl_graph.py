@@ -1,7 +1,8 @@
-"""What an AutoML EfficientDet's converted graph holds, found in tf2onnx's output.
+"""What an AutoML EfficientDet's graph holds: the TF tensors to convert, and the parts found in tf2onnx's output.
 
-The AutoML family's one home (tfod_graph.py is TFOD's): `recognise` returns
-the `graph_surgery.ModelParts` the shared surgery needs. An AutoML export
+The AutoML family's one home (tfod_graph.py is TFOD's): `tf_outputs` names the
+TensorFlow tensors the conversion stops at, `recognise` returns the
+`graph_surgery.ModelParts` the shared surgery needs. An AutoML export
 (model_inspect.py --runmode saved_model) has:
 
 - preprocessing: cast, (x - mean) * 1/std, AutoML's resize and a crop/pad Slice

@@ -1,7 +1,10 @@
-"""What a TF2 Object Detection API EfficientDet's converted graph holds, found in tf2onnx's output.
+"""What a TF2 Object Detection API EfficientDet's graph holds: the TF tensors to convert, and the parts found
+in tf2onnx's output.
 
-The TFOD family's one home (automl_graph.py is AutoML's): `recognise` returns
-the `graph_surgery.ModelParts` the shared surgery needs. An exported TFOD
+The TFOD family's one home (automl_graph.py is AutoML's): `tf_outputs` names the
+TensorFlow tensors the conversion stops at and `tf_max_detections` reads the
+detection count from the TF graph; `recognise` returns the
+`graph_surgery.ModelParts` the shared surgery needs. An exported TFOD
 SSD graph (exporter_lib_v2, input `input_tensor`) has:
 
 - preprocessing in a `map/while` Loop over the batch: x/255, minus the mean,
