@@ -2,8 +2,9 @@
 """Convert an EfficientDet TensorFlow SavedModel (AutoML, or TF2 Object Detection API) into a TensorRT-ready ONNX.
 
 The graph takes RGB images in 0-255 named `input` (float32, or uint8 with
---input_dtype uint8), normalises them as the model expects, and ends in TensorRT's EfficientNMS_TRT plugin (or BatchedNMS_TRT
-with --legacy_plugins) with outputs num_detections [N,1] int32, detection_boxes
+--input_dtype uint8), normalises them as the model expects, and ends in
+TensorRT's EfficientNMS_TRT plugin (or BatchedNMS_TRT with --legacy_plugins)
+with outputs num_detections [N,1] int32, detection_boxes
 [N,D,4] (ymin, xmin, ymax, xmax in input pixels), detection_scores [N,D] and
 detection_classes [N,D] int32 (0-based). The written graph is checked
 before it is kept: ONNX Runtime loads it and runs one image through it

@@ -1,12 +1,10 @@
 #!/usr/bin/env python3
 """Write a Triton Inference Server model repository entry for an engine or an ONNX graph.
 
-  REPOSITORY/NAME/config.pbtxt
-  REPOSITORY/NAME/1/model.plan   (--engine: platform tensorrt_plan)
-  REPOSITORY/NAME/1/model.onnx   (--onnx: platform onnxruntime_onnx)
-  REPOSITORY/NAME/labels.txt     (when the model's class names are known)
-
-Input and output names, types and dims come from the model itself (an
+Writes REPOSITORY/NAME/config.pbtxt, REPOSITORY/NAME/1/model.plan (--engine,
+platform tensorrt_plan) or REPOSITORY/NAME/1/model.onnx (--onnx, platform
+onnxruntime_onnx), and REPOSITORY/NAME/labels.txt when the model's class names
+are known. Input and output names, types and dims come from the model itself (an
 engine's I/O through TensorRT, which needs a GPU; an ONNX graph's through
 onnx); max_batch_size from the engine's batch profile (an ONNX graph's dynamic
 batch is served up to --max_batch_size), 0 with full dims for a fixed batch.
