@@ -73,16 +73,22 @@ def write_entry(repository, name, model_path, io, config, overwrite=False):
         if io.class_names:
             with open(os.path.join(work, triton_config.LABELS_FILE), "w", encoding="utf-8") as handle:
                 handle.write("\n".join(io.class_names) + "\n")
-        old = None
-        if os.path.exists(final):
-            old = tempfile.mkdtemp(prefix=f".{name}.old.", dir=repository)
-            os.rename(final, os.path.join(old, name))
-        os.rename(work, final)
-        if old:
-            shutil.rmtree(old)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
+    if not os.path.exists(final):
+        os.rename(work, final)
+        return final
+    old = tempfile.mkdtemp(prefix=f".{name}.old.", dir=repository)
+    os.rename(final, os.path.join(old, name))
+    try:
+        os.rename(work, final)
+    except BaseException:
+        os.rename(os.path.join(old, name), final)  # the entry that was there stays
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
     return final
 
 
