@@ -90,7 +90,7 @@ def compare_layers(onnx_path, tf_runner, image_hwc, layout):
     shared = shared_tensors(graph, tf_runner.session.graph)
     ops = dict(shared)
     theirs = _tf_values(tf_runner.session, [name for name, _ in shared], image_hwc[None], tf_runner.input_name)
-    batch = image_hwc[None].astype(np.float32)
+    batch = image_hwc[None].astype(graph.inputs[0].dtype or np.float32)  # float32, or a uint8 input's pixels
     ours = _onnx_values(graph, list(theirs), batch.transpose(0, 3, 1, 2) if layout == "NCHW" else batch)
     rows = []
     for name, value in theirs.items():
