@@ -117,3 +117,27 @@ def test_create_onnx_cli_writes_a_uint8_graph_that_infer_runs(fixture_model, ima
     assert len(written) == NUM_IMAGES
     runner = OnnxCpuRunner(str(output)).activate()
     assert runner.input_spec().dtype == np.uint8 and runner.input_layout == "NCHW"
+
+
+def test_build_engine_calibrates_a_uint8_graph_without_tensorrt(fixture_model, images, tmp_path):
+    """build_engine.py --save_onnx (no engine, no TensorRT): INT8 calibration reads uint8 batches for a uint8
+    graph; the Q/DQ graph it writes keeps the uint8 input and equals the float32 graph quantized with the
+    cache that calibration wrote."""
+    _, converted, _ = fixture_model("d0_trained")
+    source = tmp_path / "uint8.onnx"
+    onnx.save(create_onnx.build_graph(converted, input_dtype="uint8"), str(source))
+    written, cache = tmp_path / "uint8-int8.onnx", tmp_path / "calibration.cache"
+    result = subprocess.run([sys.executable, str(ROOT / "build_engine.py"), "--onnx", str(source), "--precision",
+                             "int8", "--calib_input", str(images), "--calib_batch_size", "8", "--calib_cache",
+                             str(cache), "--save_onnx", str(written)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert cache.is_file()
+    ours = OnnxCpuRunner(str(written)).activate()
+    assert ours.input_spec().dtype == np.uint8
+    float_int8 = quantize.to_int8(create_onnx.build_graph(converted), False, None, str(cache))
+    theirs = save_and_open(float_int8, tmp_path / "float32-int8.onnx")
+    pixels = _batches(images, input_hw("d0_trained"), "NHWC", np.uint8)
+    mine, reference = ours.infer({"input": pixels}), theirs.infer({"input": pixels.astype(np.float32)})
+    assert int(mine["num_detections"].sum()) >= NUM_IMAGES
+    for name, value in reference.items():
+        assert np.array_equal(mine[name], value), name
