@@ -147,18 +147,17 @@ def convert_saved_model(saved_model, tf2onnx_path=None, opset=13, full_graph=Fal
     """
     import tf_to_onnx
 
+    def read_model(graph_def):
+        family = tf_to_onnx.detect_family(graph_def, saved_model)
+        return family, tf_to_onnx.read_nms_config(graph_def), _family_module(family).tf_max_detections(graph_def)
+
     if full_graph:
         graph_def, inputs, outputs = tf_to_onnx.load_frozen_graph(saved_model)
-        family = tf_to_onnx.detect_family(graph_def, saved_model)
-        tf_nms = tf_to_onnx.read_nms_config(graph_def)
-        max_detections = _family_module(family).tf_max_detections(graph_def)
+        family, tf_nms, max_detections = read_model(graph_def)
     else:
         with tf_to_onnx.ServingGraph(saved_model) as serving:
-            family = tf_to_onnx.detect_family(serving.graph_def, saved_model)
-            tf_nms = tf_to_onnx.read_nms_config(serving.graph_def)
-            module = _family_module(family)
-            max_detections = module.tf_max_detections(serving.graph_def)
-            outputs = module.tf_outputs(serving.graph_def, serving.outputs)
+            family, tf_nms, max_detections = read_model(serving.graph_def)
+            outputs = _family_module(family).tf_outputs(serving.graph_def, serving.outputs)
             graph_def, inputs = serving.frozen(outputs), serving.inputs
         gc.collect()  # TensorFlow's copy of the whole graph goes before tf2onnx needs the memory
     model = tf_to_onnx.convert_to_onnx(graph_def, inputs, outputs, opset, copy_per_pass=full_graph)

@@ -40,19 +40,9 @@ def check_name(name):
     return name
 
 
-def class_names_of(model_path, engine, given=None):
-    """The class names to write beside the model: --labels, else the ONNX's (or the engine's copied) metadata."""
-    import labels
-    from runners import read_engine_metadata
-
-    if given:
-        return given
-    if engine:
-        return labels.from_metadata(read_engine_metadata(model_path))
-    import onnx
-
-    metadata = {entry.key: entry.value for entry in onnx.load(model_path, load_external_data=False).metadata_props}
-    return labels.from_metadata(metadata)
+def check_free(final, overwrite):
+    if os.path.exists(final) and not overwrite:
+        raise UserError(f"{final} exists; choose another --name or pass --overwrite to replace it")
 
 
 def write_entry(repository, name, model_path, io, config, overwrite=False):
@@ -60,8 +50,7 @@ def write_entry(repository, name, model_path, io, config, overwrite=False):
     import triton_config
 
     final = os.path.join(repository, name)
-    if os.path.exists(final) and not overwrite:
-        raise UserError(f"{final} exists; choose another --name or pass --overwrite to replace it")
+    check_free(final, overwrite)
     work = tempfile.mkdtemp(prefix=f".{name}.", dir=repository)
     try:
         os.chmod(work, folder_mode())  # mkdtemp's folders are 0700
@@ -119,10 +108,11 @@ def main(argv=None):
     name = check_name(args.name or default_name(model_path))
     given = labels.read_labels(args.labels) if args.labels else None
     prepare_output_folder(args.repository, "--repository")
-    if os.path.exists(os.path.join(args.repository, name)) and not args.overwrite:
-        raise UserError(f"{os.path.join(args.repository, name)} exists; choose another --name or pass --overwrite")
-    names = class_names_of(model_path, bool(args.engine), given)
+    check_free(os.path.join(args.repository, name), args.overwrite)
     if args.engine:
+        from runners import read_engine_metadata
+
+        names = given or labels.from_metadata(read_engine_metadata(args.engine))
         io = triton_config.describe_engine(args.engine, names)
     else:
         import onnx
@@ -131,6 +121,7 @@ def main(argv=None):
             model = onnx.load(args.onnx, load_external_data=False)
         except Exception as error:  # onnx raises DecodeError and others for a file that is not ONNX
             raise UserError(f"{args.onnx}: not a readable ONNX model ({type(error).__name__})") from None
+        names = given or labels.from_metadata({entry.key: entry.value for entry in model.metadata_props})
         io = triton_config.describe_onnx(model, args.onnx, args.max_batch_size or DEFAULT_ONNX_BATCH, names)
     config = triton_config.config_text(io, name, args.max_batch_size, args.instances)
     final = write_entry(args.repository, name, model_path, io, config, args.overwrite)

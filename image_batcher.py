@@ -189,17 +189,18 @@ def fit_into(image, original_size, out, layout, preprocessing=Preprocessing()):
     decoded at a reduced (draft) size. Returns (scale_x, scale_y).
     """
     height, width = (out.shape[0], out.shape[1]) if layout == "NHWC" else (out.shape[1], out.shape[2])
+    integer = np.dtype(out.dtype).kind in "iu"  # uint8 batches: float values rounded to the nearest
     if preprocessing.method == AUTOML:
         new_w, new_h = automl_fitted_size(original_size[0], original_size[1], height, width)
         resized = resize_bilinear_tf(np.asarray(image), new_h, new_w)
-        if np.dtype(out.dtype).kind in "iu":
+        if integer:
             resized = np.clip(np.rint(resized), 0, 255)
     else:
         new_w, new_h = fitted_size(original_size[0], original_size[1], height, width)
         resized = np.asarray(image.resize((new_w, new_h), resample=Image.BILINEAR))
     view = out if layout == "NHWC" else out.transpose(1, 2, 0)
     view[:new_h, :new_w] = resized
-    pad = np.rint(preprocessing.pad) if np.dtype(out.dtype).kind in "iu" else preprocessing.pad  # uint8: nearest
+    pad = np.rint(preprocessing.pad) if integer else preprocessing.pad
     view[new_h:, :] = pad
     view[:new_h, new_w:] = pad
     # The scales the pixels were really resized by, per axis. AutoML's own graph maps boxes back

@@ -105,28 +105,24 @@ class ServingGraph:
         check_saved_model_path(path)
         start = time.perf_counter()
         meta_graph = _serving_meta_graph(path)
-        self.path, self.tf1 = path, not meta_graph.object_graph_def.nodes
+        self.tf1 = not meta_graph.object_graph_def.nodes
         self._session = None
-        try:
-            if self.tf1:
+        if self.tf1:
+            try:
                 graph = tf.Graph()
                 self._session = tf.compat.v1.Session(graph=graph)
                 with graph.as_default(), _without_tf_deprecation_warnings():
                     tf.compat.v1.saved_model.loader.load(self._session, ["serve"], path)
                 signature = meta_graph.signature_def["serving_default"]
-                self.inputs = [tensor.name for tensor in signature.inputs.values()]
-                self.outputs = {key: tensor.name for key, tensor in signature.outputs.items()}
-                self.graph_def = graph.as_graph_def()
-            else:
-                from tf2onnx import tf_loader
-
-                self.graph_def, self.inputs, names, renames = tf_loader.from_saved_model(
-                    path, None, None, tag="serve", signatures=["serving_default"], return_tensors_to_rename=True)
-                self.outputs = {renames.get(name, name): name for name in names}
-        except Exception as error:  # TensorFlow raises many types for unreadable models
-            self.close()
-            raise UserError(f"{path}: TensorFlow could not load this SavedModel's serving_default signature "
-                            f"({_first_line(error)})") from error
+            except Exception as error:  # TensorFlow raises many types for unreadable models
+                self.close()
+                raise _load_error(path, error) from error
+            self.inputs = [tensor.name for tensor in signature.inputs.values()]
+            self.outputs = {key: tensor.name for key, tensor in signature.outputs.items()}
+            self.graph_def = graph.as_graph_def()
+        else:
+            self.graph_def, self.inputs, names, renames = _load_with_tf2onnx(path)
+            self.outputs = {renames.get(name, name): name for name in names}
         log.info("loaded %s SavedModel %s in %.1f s (%d TF nodes, inputs %s, outputs %s)", "TF1" if self.tf1 else "TF2",
                  path, time.perf_counter() - start, len(self.graph_def.node), self.inputs, sorted(self.outputs))
 
@@ -157,21 +153,31 @@ class ServingGraph:
         self.close()
 
 
+def _load_error(path, error):
+    return UserError(f"{path}: TensorFlow could not load this SavedModel's serving_default signature "
+                     f"({_first_line(error)})")
+
+
+def _load_with_tf2onnx(path):
+    """tf2onnx's loader: the whole serving signature frozen. Returns (graph_def, inputs, outputs, renames), where
+    renames maps output tensor names to the signature's output keys."""
+    from tf2onnx import tf_loader
+
+    try:
+        return tuple(tf_loader.from_saved_model(path, None, None, tag="serve", signatures=["serving_default"],
+                                                return_tensors_to_rename=True))
+    except Exception as error:  # TensorFlow raises many types for unreadable models
+        raise _load_error(path, error) from error
+
+
 def load_frozen_graph(path):
     """The whole serving signature as a frozen GraphDef (tf2onnx's own loader, post-processing included).
 
     Returns (graph_def, input_names, output_names).
     """
     check_saved_model_path(path)
-    from tf2onnx import tf_loader
-
     start = time.perf_counter()
-    try:
-        graph_def, inputs, outputs = tf_loader.from_saved_model(path, None, None, tag="serve",
-                                                                signatures=["serving_default"])[:3]
-    except Exception as error:  # TensorFlow raises many types for unreadable models
-        raise UserError(f"{path}: TensorFlow could not load this SavedModel's serving_default signature "
-                        f"({_first_line(error)})") from error
+    graph_def, inputs, outputs, _ = _load_with_tf2onnx(path)
     log.info("loaded SavedModel %s in %.1f s (%d TF nodes, inputs %s, outputs %s)", path,
              time.perf_counter() - start, len(graph_def.node), inputs, outputs)
     return graph_def, inputs, outputs
@@ -193,9 +199,9 @@ def _const_value(graph_def, tensor_name):
     import tensorflow as tf
 
     nodes = {node.name: node for node in graph_def.node}
-    name = tensor_name.split(":")[0].lstrip("^")
+    name = _node_name(tensor_name)
     while name in nodes and nodes[name].op == "Identity":
-        name = nodes[name].input[0].split(":")[0]
+        name = _node_name(nodes[name].input[0])
     node = nodes.get(name)
     if node is None or node.op != "Const":
         return None

@@ -11,7 +11,7 @@ inside the range, and instance groups.
 """
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 import numpy as np
@@ -44,7 +44,7 @@ class ModelIO:
     inputs: List[Tensor]
     outputs: List[Tensor]
     batch: Optional[Tuple[int, int, int]]  # (min, opt, max) of a dynamic batch; None when the batch is fixed
-    class_names: Optional[List[str]] = field(default=None)
+    class_names: Optional[List[str]] = None
 
 
 def describe_onnx(model, path, max_batch_size=8, class_names=None):
