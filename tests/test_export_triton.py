@@ -118,6 +118,9 @@ def test_plugin_graph_existing_name_and_overwrite(onnx_graphs, tmp_path):
     assert parse_config(repository / "m" / "config.pbtxt").max_batch_size == 8
     assert sorted(os.listdir(repository)) == ["m"]  # no temporary folders left
     assert_clean_error(export("--onnx", tmp_path / "missing.onnx", "--repository", repository), "no such file")
+    not_onnx = tmp_path / "not.onnx"
+    not_onnx.write_text("not a model")
+    assert_clean_error(export("--onnx", not_onnx, "--repository", repository), "not a readable ONNX model")
     assert_clean_error(export("--onnx", onnx_graphs["fixed"], "--repository", repository, "--name", "a/b"),
                        "--name")
 
