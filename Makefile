@@ -26,7 +26,7 @@ install: $(VENV)/.installed
 test: typecheck pytest
 
 pytest: install
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider --fixtures-ahead tests
 
 # Static check of the TensorRT-facing code against TensorRT 10.x stubs and 11.x runtime stubs.
 typecheck: install

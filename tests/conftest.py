@@ -8,11 +8,13 @@ source, so a changed generator makes new ones; the weights they are made from
 fixtures that differ only in post-processing. Set EFFDET_TEST_CACHE to move it.
 """
 
+import fcntl
 import hashlib
 import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -63,18 +65,32 @@ def input_hw(name):
     return parse_image_size(MODELS[name]["image_size"])
 
 
+_exporting = set()  # the export processes running, stopped if the session ends first
+
+
 def _exported(name, settings, script, digest, *extra):
-    """CACHE/<name>-<settings key>-<generator digest>, made first by `script` if it is not there."""
+    """CACHE/<name>-<settings key>-<generator digest>, made first by `script` if it is not there.
+
+    A lock file per fixture makes a second maker (a background one of --fixtures-ahead,
+    another pytest run) wait for the first instead of exporting the same folder at once.
+    """
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
     path = CACHE / f"{name}-{key}-{digest}"
-    if not (path / "saved_model.pb").is_file():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, str(FIXTURE_DIR / script), "--output", str(path), *extra]
-        for option, value in settings.items():
-            command += [f"--{option}", str(value)]
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"{script} failed:\n{result.stderr[-4000:]}")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / f".{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (path / "saved_model.pb").is_file():
+            command = [sys.executable, str(FIXTURE_DIR / script), "--output", str(path), *extra]
+            for option, value in settings.items():
+                command += [f"--{option}", str(value)]
+            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            _exporting.add(process)
+            try:
+                _, stderr = process.communicate()
+            finally:
+                _exporting.discard(process)
+            if process.returncode != 0:
+                raise RuntimeError(f"{script} failed:\n{stderr[-4000:]}")
     return str(path)
 
 
@@ -123,6 +139,35 @@ class TFReference:
         rows = self.run(["detections:0"], image)[0][0]
         rows = rows[rows[:, 5] > 0]
         return rows[:, 1:5], rows[:, 5], rows[:, 6].astype(np.int64) - 1
+
+
+# Made ahead by --fixtures-ahead, in the order the tests first need them: minutes each.
+SLOW_FIXTURES = [(saved_model_path, name) for name in TRAINED_FIXTURES] + [(tfod_saved_model_path, name)
+                                                                           for name in TFOD_MODELS]
+AHEAD_JOBS = 2
+_ahead = []
+
+
+def pytest_addoption(parser):
+    parser.addoption("--fixtures-ahead", action="store_true",
+                     help="export the slow fixture SavedModels (trained AutoML, TFOD) that are not cached, "
+                          f"{AHEAD_JOBS} at a time in the background from the session's start, instead of "
+                          "each when a test first needs it (a cold run on two cores: minutes sooner)")
+
+
+def pytest_sessionstart(session):
+    if session.config.getoption("fixtures_ahead"):
+        pool = ThreadPoolExecutor(AHEAD_JOBS, thread_name_prefix="fixtures-ahead")
+        _ahead.append(pool)
+        for make, name in SLOW_FIXTURES:
+            pool.submit(make, name)  # a failure is raised again by the test that needs the fixture
+
+
+def pytest_sessionfinish(session):
+    for pool in _ahead:
+        pool.shutdown(wait=False, cancel_futures=True)
+    for process in list(_exporting):
+        process.terminate()  # exports write to a temp folder first: nothing half-made is left as a fixture
 
 
 @pytest.fixture(scope="session")
