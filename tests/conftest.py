@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -66,6 +67,7 @@ def input_hw(name):
 
 
 _exporting = set()  # the export processes running, stopped if the session ends first
+_session_over = threading.Event()
 
 
 def _exported(name, settings, script, digest, *extra):
@@ -83,6 +85,8 @@ def _exported(name, settings, script, digest, *extra):
             command = [sys.executable, str(FIXTURE_DIR / script), "--output", str(path), *extra]
             for option, value in settings.items():
                 command += [f"--{option}", str(value)]
+            if _session_over.is_set():
+                raise RuntimeError(f"{name}: not exported, the test session has ended")
             process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             _exporting.add(process)
             try:
@@ -164,6 +168,7 @@ def pytest_sessionstart(session):
 
 
 def pytest_sessionfinish(session):
+    _session_over.set()
     for pool in _ahead:
         pool.shutdown(wait=False, cancel_futures=True)
     for process in list(_exporting):
