@@ -26,8 +26,9 @@ HEAD_TOLERANCE = 1e-4
 # Lite0 at 320 (random weights, logits up to ~10): its heads differ from TensorFlow's by up to
 # 1.24e-4 at batch 1 (1.29e-4 in batches of 4 and 7) at every ONNX Runtime optimization level
 # (1.23e-4 with none, 1.29e-4 on one thread, 1.14e-4 against TensorFlow without oneDNN;
-# TensorFlow with oneDNN against TensorFlow without it: 8.9e-5), with every detection matched; `compare_tf.py --layers` finds float32 rounding of
-# ~1e-5 of each tensor's range spread over the network, nowhere a jump. Against the exact heads
+# TensorFlow with oneDNN against TensorFlow without it: 8.9e-5), with every detection matched;
+# `compare_tf.py --layers` finds float32 rounding of ~1e-5 of each tensor's range spread over the
+# network, nowhere a jump. Against the exact heads
 # (TensorFlow's graph in float64, float64_reference.py) both float32 runs are within the bound:
 # TensorFlow 8.4e-5, ONNX Runtime 8.7e-5 (RMS 7.3e-6..1.1e-5 each) -- their two roundings add up.
 # So for this fixture the bound holds against the exact heads, and the float32 one is 2e-4.
