@@ -1,5 +1,7 @@
 """create_onnx.py --input_dtype uint8: the cast inside the graph, uint8 batches, and detections equal to float32's."""
 
+import json
+import re
 import subprocess
 import sys
 
@@ -14,7 +16,7 @@ from conftest import ROOT, input_hw
 from helpers import matched_fraction, per_image, save_and_open
 from image_batcher import ImageBatcher
 from runners import OnnxCpuRunner, onnx_input_dtype
-from synthetic_images import write_images
+from synthetic_images import make_labelled_image, write_images
 
 FIXTURES = ["d0_trained", "lite0_trained"]
 NUM_IMAGES = 16
@@ -141,3 +143,38 @@ def test_build_engine_calibrates_a_uint8_graph_without_tensorrt(fixture_model, i
     assert int(mine["num_detections"].sum()) >= NUM_IMAGES
     for name, value in reference.items():
         assert np.array_equal(mine[name], value), name
+
+
+def test_eval_coco_gives_a_uint8_graph_the_float32_graphs_numbers(fixture_model, tmp_path):
+    """eval_coco.py on a uint8 graph: on images at the model's size (nothing resized, so both graphs are fed the
+    same integer pixels) it writes the float32 graph's results file and prints its COCO numbers, exactly."""
+    _, converted, _ = fixture_model("d0_trained")
+    height, width = input_hw("d0_trained")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    images, annotations = [], []
+    for index in range(8):
+        image, boxes, classes = make_labelled_image(width, height, seed=4100 + index)
+        image.save(folder / f"shapes_{index}.png")
+        images.append({"id": index + 1, "file_name": f"shapes_{index}.png", "width": width, "height": height})
+        for (x1, y1, x2, y2), category in zip(boxes, classes):  # 1 rectangle, 2 ellipse: class + 1
+            annotations.append({"id": len(annotations) + 1, "image_id": index + 1, "category_id": category,
+                                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+    truth = tmp_path / "instances.json"
+    truth.write_text(json.dumps({"images": images, "annotations": annotations, "categories": [
+        {"id": 1, "name": "rectangle"}, {"id": 2, "name": "ellipse"}]}))
+    printed, written = {}, {}
+    for dtype in ("float32", "uint8"):
+        model = create_onnx.build_graph(converted, input_dtype=dtype)
+        onnx.save(model, str(tmp_path / f"{dtype}.onnx"))
+        results = tmp_path / f"{dtype}.json"
+        result = subprocess.run([sys.executable, str(ROOT / "eval_coco.py"), "--onnx", str(tmp_path / f"{dtype}.onnx"),
+                                 "--input", str(folder), "--annotations", str(truth), "--results", str(results),
+                                 "--batch_size", "4"], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-3000:]
+        printed[dtype] = [float(v) for v in re.findall(r"= (-?\d+\.\d+)", result.stdout)]
+        written[dtype] = json.loads(results.read_text())
+    print(f"eval_coco on d0_trained, float32 and uint8 graphs: {printed['uint8'][:3]} (AP, AP50, AP75)")
+    assert len(printed["uint8"]) == 12 and printed["uint8"][1] >= 0.5  # AP50: the model finds the shapes
+    assert printed["uint8"] == printed["float32"]
+    assert written["uint8"] == written["float32"] and len(written["uint8"]) >= 8
