@@ -53,6 +53,13 @@ def matched_fraction(reference, ours, min_iou=0.99, max_score_delta=1e-3, same_b
     return matched / len(ref_boxes), len(ref_boxes)
 
 
+def coco_annotation(annotations, image_id, category_id, box):
+    """Append a COCO ground-truth annotation for `box` (x1, y1, x2, y2 pixels) to `annotations`, with the next id."""
+    x1, y1, x2, y2 = box
+    annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": category_id,
+                        "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+
+
 def ap_against_reference(reference, ours):
     """COCO AP@[.5:.95] of `ours` scored with `reference` as ground truth.
 

@@ -10,6 +10,7 @@ from PIL import Image
 
 import create_onnx
 from conftest import NUM_TEST_IMAGES, ROOT, input_hw
+from helpers import coco_annotation
 from synthetic_images import make_image
 
 
@@ -25,10 +26,8 @@ def test_compare_tf_on_the_hard_nms_fixture(fixture_model, tmp_path):
         image, boxes = make_image(size, size, seed)
         image.save(images / f"view_{seed}.png")
         annotations["images"].append({"id": 100 + seed, "file_name": f"view_{seed}.png", "width": size, "height": size})
-        for x1, y1, x2, y2 in boxes:
-            annotations["annotations"].append({"id": len(annotations["annotations"]) + 1, "image_id": 100 + seed,
-                                               "category_id": 1, "bbox": [x1, y1, x2 - x1, y2 - y1],
-                                               "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+        for box in boxes:
+            coco_annotation(annotations["annotations"], 100 + seed, 1, box)
     (tmp_path / "gt.json").write_text(json.dumps(annotations))
     output = tmp_path / "out"
     result = subprocess.run([sys.executable, str(ROOT / "compare_tf.py"), "--saved_model", path, "--onnx",

@@ -18,6 +18,7 @@ import coco_eval
 import create_onnx
 from common import UserError
 from conftest import ROOT
+from helpers import coco_annotation
 from synthetic_images import make_image
 
 CATEGORIES = [{"id": 3, "name": "box"}, {"id": 7, "name": "ball"}, {"id": 12, "name": "blob"}]
@@ -38,10 +39,8 @@ def dataset(tmp_path_factory):
         image.save(folder / "images" / file_name)
         image_id = int(rng.integers(100, 10**6))
         images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
-        for x1, y1, x2, y2 in boxes:
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id,
-                                "category_id": CATEGORIES[len(annotations) % 3]["id"],
-                                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+        for box in boxes:
+            coco_annotation(annotations, image_id, CATEGORIES[len(annotations) % 3]["id"], box)
     data = {"images": images, "annotations": annotations, "categories": CATEGORIES}
     path = folder / "instances.json"
     path.write_text(json.dumps(data))

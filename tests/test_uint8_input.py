@@ -13,7 +13,7 @@ import create_onnx
 import precision
 import quantize
 from conftest import ROOT, input_hw
-from helpers import matched_fraction, per_image, save_and_open
+from helpers import coco_annotation, matched_fraction, per_image, save_and_open
 from image_batcher import ImageBatcher
 from runners import OnnxCpuRunner, onnx_input_dtype
 from synthetic_images import make_labelled_image, write_images
@@ -157,9 +157,8 @@ def test_eval_coco_gives_a_uint8_graph_the_float32_graphs_numbers(fixture_model,
         image, boxes, classes = make_labelled_image(width, height, seed=4100 + index)
         image.save(folder / f"shapes_{index}.png")
         images.append({"id": index + 1, "file_name": f"shapes_{index}.png", "width": width, "height": height})
-        for (x1, y1, x2, y2), category in zip(boxes, classes):  # 1 rectangle, 2 ellipse: class + 1
-            annotations.append({"id": len(annotations) + 1, "image_id": index + 1, "category_id": category,
-                                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+        for box, category in zip(boxes, classes):  # 1 rectangle, 2 ellipse: class + 1
+            coco_annotation(annotations, index + 1, category, box)
     truth = tmp_path / "instances.json"
     truth.write_text(json.dumps({"images": images, "annotations": annotations, "categories": [
         {"id": 1, "name": "rectangle"}, {"id": 2, "name": "ellipse"}]}))
