@@ -22,6 +22,15 @@ EfficientNMS_TRT
   is computed on corner boxes with their coordinates reordered min/max.
 - Output: num_detections [N,1] int32, detection_boxes [N,D,4],
   detection_scores [N,D], detection_classes [N,D] int32; unused rows zero.
+- Arithmetic is float32 and overflows as the kernel's does: a regression
+  with exp(t_size) * size_a beyond float32 decodes to a box with infinite
+  corners (-inf, inf on that axis), which is output as it is. IoU follows the
+  kernel's IOU(): an area is 0 when a side is not positive; IoU is 0 when the
+  intersection or the union is not positive, and also when the union is not a
+  number (two boxes unbounded on the same axis: inf - inf), where the kernel's
+  inf / NaN compares false against the threshold. So an infinite box never
+  suppresses nor is suppressed by another infinite box, a finite box's IoU with
+  it is 0, and the result is deterministic, with no floating-point warnings.
 
 The CUDA kernel has one undocumented quirk this reference does not copy: for
 thresholds below sigmoid^-1(0.007) it may fill empty output rows with
@@ -105,7 +114,8 @@ class BatchedNMSParams:
 
 def sigmoid(x):
     x = np.asarray(x, dtype=np.float32)
-    return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
+    with np.errstate(over="ignore"):  # exp(-x) -> inf for x < -709: sigmoid 0, as in float32
+        return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
 
 
 def decode_center_size(boxes, anchors):
@@ -115,13 +125,14 @@ def decode_center_size(boxes, anchors):
     order of the inputs, as (c0 - s0/2, c1 - s1/2, c0 + s0/2, c1 + s1/2).
     """
     boxes = np.asarray(boxes, dtype=np.float32)
-    if anchors is None:
-        center, size = boxes[..., :2], boxes[..., 2:]
-    else:
-        anchors = np.asarray(anchors, dtype=np.float32)
-        center = boxes[..., :2] * anchors[..., 2:] + anchors[..., :2]
-        size = np.exp(boxes[..., 2:]) * anchors[..., 2:]
-    return np.concatenate([center - size / 2, center + size / 2], axis=-1).astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # float32 overflow gives infinite corners, as on the GPU
+        if anchors is None:
+            center, size = boxes[..., :2], boxes[..., 2:]
+        else:
+            anchors = np.asarray(anchors, dtype=np.float32)
+            center = boxes[..., :2] * anchors[..., 2:] + anchors[..., :2]
+            size = np.exp(boxes[..., 2:]) * anchors[..., 2:]
+        return np.concatenate([center - size / 2, center + size / 2], axis=-1).astype(np.float32)
 
 
 def _reordered(corners):
@@ -140,20 +151,27 @@ def iou_one_to_many(box, boxes, offset=0.0):
     return _iou(lo1, hi1, area1, lo2, hi2, area2, offset)
 
 
+def _area(size):
+    """Areas of [..., 2] sizes: 0 where a side is not positive (the kernel's area())."""
+    height, width = size[..., 0], size[..., 1]
+    with np.errstate(invalid="ignore", over="ignore"):  # inf * 0 in the branch np.where drops
+        return np.where((height > 0) & (width > 0), height * width, 0.0)
+
+
 def _corners_and_areas(boxes, offset=0.0):
     lo, hi = _reordered(np.asarray(boxes))
-    size = hi - lo + offset
-    return lo, hi, size[..., 0] * size[..., 1]
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf on a box unbounded both ways
+        size = hi - lo + offset
+    return lo, hi, _area(size)
 
 
 def _iou(lo1, hi1, area1, lo2, hi2, area2, offset=0.0):
     """IoU of corners and areas computed once (the two-element products written
-    out: much faster than reductions over an axis of length 2)."""
-    inter_size = np.minimum(hi1, hi2) - np.maximum(lo1, lo2) + offset
-    height, width = inter_size[..., 0], inter_size[..., 1]
-    inter = np.where((height > 0) & (width > 0), height * width, 0.0)
-    union = area1 + area2 - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
+    out: much faster than reductions over an axis of length 2). Infinite boxes:
+    see the module's notes."""
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        inter = _area(np.minimum(hi1, hi2) - np.maximum(lo1, lo2) + offset)
+        union = area1 + area2 - inter
         return np.where((inter > 0) & (union > 0), inter / union, 0.0)
 
 

@@ -50,13 +50,18 @@ MODELS = {
     # (P7 3x3 -> P6 5x5) and a custom non-square D0 (AutoML's "WxH": P7 3x5 -> P6 5x10).
     "lite0_320": dict(model_name="efficientdet-lite0", image_size=320, nms_method="hard", score_thresh=0.4),
     "d0_640x320": dict(model_name="efficientdet-d0", image_size="640x320", nms_method="hard", score_thresh=0.4),
+    # A box head whose regressions spread +-60 (not +-0.3): the box decoder's exp(th) * h overflows
+    # float32 on ordinary images, as some real models' do on unusual ones (issue 29).
+    "d0_overflow": dict(model_name="efficientdet-d0", image_size=256, nms_method="hard", score_thresh=0.4,
+                        box_spread=60),
 }
 TRAINED_FIXTURES = ["d0_trained", "lite0_trained"]
 # TF2 Object Detection API EfficientDet-D0s (tests/fixtures/make_tfod_savedmodel.py): the zoo's own
-# config, and a fine-tuned-style one with 3 classes, 384x384 and the 10,10,5,5 box coder of other SSDs.
+# config (ssd_efficientdet_d0_512x512_coco17_tpu-8: box coder scales 10,10,5,5, the proto's defaults),
+# and a fine-tuned-style one with 3 classes, 384x384 and unit scales, the converter's other case.
 TFOD_MODELS = {
-    "tfod_d0": dict(num_classes=90, image_size=512, box_coder_scales="1,1,1,1"),
-    "tfod_custom": dict(num_classes=3, image_size=384, box_coder_scales="10,10,5,5"),
+    "tfod_d0": dict(num_classes=90, image_size=512, box_coder_scales="10,10,5,5"),
+    "tfod_custom": dict(num_classes=3, image_size=384, box_coder_scales="1,1,1,1"),
 }
 NUM_TEST_IMAGES = 8
 

@@ -147,6 +147,31 @@ def test_box_coding_1_decodes_against_anchors():
     assert np.allclose(decode_center_size(regression, anchors), [[[40, 70, 80, 110]]])
 
 
+def test_overflowing_box_regressions_decode_to_infinite_boxes_with_defined_suppression():
+    """Issue 29: exp(th) * h beyond float32 gives an infinite box, as on the GPU. Its IoU with a finite box is
+    0 (inf union) and with another infinite box too (the kernel's inf / NaN fails `>= threshold`), so
+    suppression stays defined and deterministic, and no floating-point warning is raised."""
+    anchors = np.array([[[50, 50, 20, 20]] * 4], np.float32)  # (yc, xc, h, w)
+    regressions = np.array([[[0, 0, 200, 0],    # h = exp(200) * 20: inf -> y from -inf to inf
+                             [0, 0, 150, 150],  # inf both ways
+                             [0, 0, 0, 0],      # the anchor itself, inside both infinite boxes
+                             [0, 0, 0, 0.01]]], np.float32)  # nearly the anchor: IoU 0.99 with it
+    scores = np.array([[[3.0], [2.0], [1.0], [0.5]]], np.float32)
+    params = EfficientNMSParams(score_threshold=0.1, iou_threshold=0.5, max_output_boxes=10)
+    with np.errstate(all="raise"):  # a NumPy floating-point warning fails the test
+        results = efficient_nms(regressions, scores, anchors, params)
+        again = efficient_nms(regressions, scores, anchors, params)
+    count, boxes, out_scores, _ = results
+    assert count[0, 0] == 3  # the two infinite boxes and the anchor; the near-copy is suppressed by the anchor
+    assert np.array_equal(boxes[0, 0], [-np.inf, 40, np.inf, 60])
+    assert np.isinf(boxes[0, 1]).all() and np.isfinite(boxes[0, 2]).all()
+    assert np.allclose(out_scores[0, :3], sigmoid([3.0, 2.0, 1.0]))
+    for ours, repeated in zip(results, again):
+        assert np.array_equal(ours, repeated)
+    for ours, oracle in zip(results, nms_loop_oracle.efficient_nms(regressions, scores, anchors, params)):
+        assert np.array_equal(ours, oracle)
+
+
 def test_batch_images_are_independent():
     boxes = np.concatenate([grid_boxes(3), grid_boxes(3)[:, ::-1]])
     scores = np.array([[[0.9], [0.05], [0.6]], [[0.05], [0.05], [0.05]]], np.float32)

@@ -6,12 +6,14 @@ import sys
 import numpy as np
 import onnx
 import pytest
+from PIL import Image
 
 import create_onnx
 from common import UserError
 from conftest import ROOT, input_hw
 from helpers import as_input, save_and_open
 from self_check import check_onnx, write_checked_onnx
+from synthetic_images import make_image
 
 PREVIOUS = b"the user's previous model"
 
@@ -79,3 +81,52 @@ def test_cli_converts_native_sizes_that_do_not_halve_evenly(fixture, fixture_mod
     height, width = input_hw(fixture)
     dims = [d.dim_value or d.dim_param for d in onnx.load(str(output)).graph.input[0].type.tensor_type.shape.dim]
     assert dims == ["N", height, width, 3]
+
+
+def _warning_lines(stderr):
+    return [line for line in stderr.splitlines() if "WARNING" in line or "Warning" in line]
+
+
+def test_a_model_whose_box_decoder_overflows_is_kept_with_one_warning(fixture_model, tmp_path):
+    """Issue 29: a faithful graph whose exp(th) * h overflows float32 converts (exit 0, one warning, no NumPy
+    warnings), infer.py gives finite boxes inside the image, and the heads equal TensorFlow's."""
+    path, _, reference = fixture_model("d0_overflow")
+    output = tmp_path / "model.onnx"
+    result = subprocess.run([sys.executable, str(ROOT / "create_onnx.py"), "--saved_model", path, "--onnx",
+                             str(output)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    warnings = _warning_lines(result.stderr)
+    assert len(warnings) == 1 and "infinite" in warnings[0] and "the graph is kept" in warnings[0], warnings
+    assert "RuntimeWarning" not in result.stderr and "self-check of" in result.stderr
+
+    # The old check image (uniform noise) overflows too: a warning, not a refusal.
+    runner = save_and_open(onnx.load(str(output)), tmp_path / "copy.onnx")
+    noise = np.random.default_rng(0).uniform(0, 255, size=(1, 256, 256, 3)).astype(np.float32)
+    outputs = runner.infer({"input": noise})
+    assert not np.isfinite(outputs["detection_boxes"][0, :outputs["num_detections"][0, 0]]).all()
+    check_onnx(str(output), image=noise)  # does not raise
+
+    # Ordinary images: the pre-NMS heads are TensorFlow's, to the other fixtures' 1e-4 or, for values
+    # ~200x theirs (box regressions up to ~250 here), to the same float32 rounding relative to them.
+    head_names = [item for item in runner.plugin[2] if isinstance(item, str)]
+    for image in reference.images:
+        raw = runner.infer_raw({"input": as_input([image], "NHWC")})
+        for head, tf_value in zip(head_names, reference.run(head_names, image)):
+            assert np.abs(raw[head] - tf_value).max() <= max(1e-4, 1e-5 * np.abs(tf_value).max())
+
+    # infer.py: exit 0, every box finite and inside its image.
+    images = tmp_path / "images"
+    images.mkdir()
+    for index, (width, height) in enumerate([(256, 256), (300, 200)]):
+        Image.fromarray(np.asarray(make_image(width, height, 40 + index)[0])).save(images / f"img{index}.png")
+    result = subprocess.run([sys.executable, str(ROOT / "infer.py"), "--onnx", str(output), "-i", str(images),
+                             "-o", str(tmp_path / "out")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "RuntimeWarning" not in result.stderr
+    rows = 0
+    for index, (width, height) in enumerate([(256, 256), (300, 200)]):
+        for line in (tmp_path / "out" / f"img{index}.txt").read_text().splitlines():
+            x1, y1, x2, y2 = (float(v) for v in line.split("\t")[:4])
+            assert 0 <= x1 <= x2 <= width and 0 <= y1 <= y2 <= height
+            rows += 1
+    assert rows > 0
