@@ -20,7 +20,7 @@ import os
 import time
 
 from calibration import CACHE_KINDS
-from common import (ArgumentParser, UserError, check_output_file, positive_float, positive_int, run_cli, setup_logging,
+from common import (ArgumentParser, UserError, check_not_an_input, check_output_file, positive_float, positive_int, run_cli, setup_logging,
                     write_bytes_atomic)
 from image_batcher import add_preprocessing_argument
 from self_check import write_checked_onnx
@@ -51,16 +51,19 @@ def load_onnx(path):
 
 
 def check_outputs(args):
-    """Every file this run will write, checked before the ONNX is read; none may be the input ONNX."""
+    """Every file this run will write, checked before the ONNX is read; none may be an input or lie in the
+    calibration image folder (the timing cache is read and written: it is its own input)."""
+    calibrating = args.precision in ("int8", "mixed")
+    writes_cache = calibrating and args.calib_cache and not os.path.isfile(args.calib_cache)
+    inputs = {"--onnx": args.onnx, "--calib_input": args.calib_input if calibrating else None,
+              "--calib_cache": args.calib_cache if calibrating and not writes_cache else None}
     outputs = [(args.engine, "--engine"), (args.save_onnx, "--save_onnx"), (args.timing_cache, "--timing_cache")]
-    if args.precision in ("int8", "mixed") and args.calib_cache and not os.path.isfile(args.calib_cache):
+    if writes_cache:
         outputs.append((args.calib_cache, "--calib_cache"))
-    source = os.path.realpath(args.onnx)
     for path, flag in outputs:
         if not path:
             continue
-        if os.path.realpath(path) == source:
-            raise UserError(f"{path}: is the input ONNX and would be overwritten; give {flag} another file name")
+        check_not_an_input(path, flag, inputs)
         check_output_file(path, flag)
 
 

@@ -1,15 +1,29 @@
-"""Small helpers shared by the command-line scripts: errors, argument checks, output paths, atomic writes."""
+"""Small helpers shared by the command-line scripts: errors, signals, argument checks, output paths
+that never touch an input, atomic writes."""
 
 import argparse
 import contextlib
 import logging
 import os
+import signal
 import sys
 import tempfile
 
 
 class UserError(Exception):
     """A problem with the user's input: reported as one line, no traceback."""
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived: raised in the main thread so every `atomic_output` removes its temp file."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum, _frame):
+    raise Terminated(signum)
 
 
 def setup_logging(verbose=False):
@@ -24,10 +38,18 @@ def run_cli(main, argv=None):
     """Run `main(argv)`; a UserError becomes `error: <message>` and exit status 2.
 
     An OSError that escaped the scripts' own checks (a disk that filled up, a
-    folder removed mid-run) is reported the same way, naming the path.
+    folder removed mid-run) is reported the same way, naming the path. Ctrl-C
+    exits 130; SIGTERM and SIGHUP (a scheduler's kill, a closed terminal) exit
+    143 and 129 with one line, after the temporary files are removed.
     """
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _raise_terminated)
     try:
         return main(argv)
+    except Terminated as stop:
+        name = signal.Signals(stop.signum).name
+        print(f"{name}: stopped; temporary files removed, finished outputs kept", file=sys.stderr)
+        sys.exit(128 + stop.signum)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
@@ -110,15 +132,72 @@ def check_output_file(path, flag):
     _probe_writable(folder, path)
 
 
+def check_output_folder(path, flag):
+    """Fail now if the output folder `path` (given with `flag`) cannot be used; create nothing yet.
+
+    An existing folder must be writable; a missing one, its nearest existing
+    parent (the folder it would be created in).
+    """
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise UserError(f"{path}: exists and is not a folder; {flag} takes a folder")
+        _probe_writable(path, path)
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UserError(f"{path}: {parent} is a file, not a folder; choose another {flag}")
+    _probe_writable(parent, path)
+
+
 def prepare_output_folder(path, flag):
-    """Create the output folder `path` (given with `flag`) if needed and check it can be written in."""
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise UserError(f"{path}: exists and is not a folder; {flag} takes a folder")
+    """Create the output folder `path` (given with `flag`) if needed and check it can be written in.
+
+    Call it once the inputs are known to be good (the model loaded): a run that
+    fails earlier leaves no empty folder behind; check_output_folder checks first.
+    """
+    check_output_folder(path, flag)
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as error:
         raise UserError(f"{path}: cannot create this folder ({error.strerror}); choose another {flag}") from None
-    _probe_writable(path, path)
+
+
+def _existing_same_file(a, b):
+    try:
+        return os.path.samefile(a, b)  # symbolic and hard links, any spelling
+    except OSError:
+        return False
+
+
+def _inside(path, folder):
+    """Whether `path` is `folder` or lies under it, spelled any way (both resolved through links)."""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def check_not_an_input(output, flag, inputs, replaces_folder=False):
+    """Refuse to write `output` (given with `flag`) over one of `inputs` or into an input folder.
+
+    `inputs` maps each input's flag to its path (None when not given): files
+    or folders. Whatever the spelling (relative, '..', symbolic or hard links),
+    the output may not be an input, nor lie inside an input folder. With
+    `replaces_folder` the output is a folder the script replaces as a whole,
+    which may not contain an input either.
+    """
+    for input_flag, source in inputs.items():
+        if not source or not os.path.exists(source):
+            continue
+        if _existing_same_file(output, source) or os.path.realpath(output) == os.path.realpath(source):
+            raise UserError(f"{output}: is the {input_flag} input ({source}) and would be overwritten; "
+                            f"give {flag} another path")
+        if os.path.isdir(source) and _inside(output, source):
+            raise UserError(f"{output}: lies inside the {input_flag} folder {source}, which is only read; "
+                            f"give {flag} a path outside it")
+        if replaces_folder and _inside(source, output):
+            raise UserError(f"{output}: holds the {input_flag} input {source} and would be replaced; "
+                            f"give {flag} another path")
 
 
 def folder_mode():
@@ -135,6 +214,38 @@ def _file_mode():
     return 0o666 & ~mask
 
 
+PARTIAL_SUFFIX = ".partial"
+
+
+def _partial_prefix(path):
+    return "." + os.path.basename(path) + "."
+
+
+def _process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_partials(path):
+    """Remove temp files `atomic_output` left for `path` when its process was killed outright (SIGKILL,
+    power loss): `.NAME.<pid>.XXXX.partial` whose process is gone. A live process's file is left alone."""
+    folder = os.path.dirname(os.path.abspath(path))
+    prefix = _partial_prefix(path)
+    with contextlib.suppress(OSError):
+        for name in os.listdir(folder):
+            if not (name.startswith(prefix) and name.endswith(PARTIAL_SUFFIX)):
+                continue
+            pid = name[len(prefix):].split(".", 1)[0]
+            if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(folder, name))
+
+
 @contextlib.contextmanager
 def atomic_output(path, mode="wb", check=None):
     """Open a temporary file beside `path`; rename it over `path` only on success.
@@ -146,7 +257,8 @@ def atomic_output(path, mode="wb", check=None):
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise UserError(f"{path}: the folder {folder} does not exist; create it first")
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".partial", dir=folder)
+    remove_stale_partials(path)
+    fd, tmp = tempfile.mkstemp(prefix=_partial_prefix(path) + f"{os.getpid()}.", suffix=PARTIAL_SUFFIX, dir=folder)
     try:
         os.fchmod(fd, _file_mode())
         with os.fdopen(fd, mode) as handle:

@@ -21,8 +21,8 @@ import os
 import numpy as np
 from tqdm import tqdm
 
-from common import (ArgumentParser, UserError, atomic_output, positive_int, prepare_output_folder, run_cli,
-                    setup_logging, unit_interval)
+from common import (ArgumentParser, UserError, atomic_output, check_not_an_input, check_output_folder, positive_int,
+                    prepare_output_folder, run_cli, setup_logging, unit_interval)
 from image_batcher import add_preprocessing_argument
 
 log = logging.getLogger("compare_tf")
@@ -121,7 +121,7 @@ def main(argv=None):
     from detections import Detections, coco_results, match_detections, split_batch
     from image_batcher import ImageBatcher, ImageInfo, Preprocessing, check_input_path, load_rgb
     from infer import check_model_arguments, check_separate_folders, open_runner
-    from labels import model_labels, read_labels
+    from labels import check_label_count, model_labels, read_labels
     from runners import TFSavedModelRunner
     from visualize import concat_visualizations, visualize_detections
 
@@ -130,7 +130,10 @@ def main(argv=None):
     given_labels = read_labels(args.labels) if args.labels else None
     if args.output:
         check_separate_folders(args.input, args.output)
-        prepare_output_folder(args.output, "--output")
+        check_not_an_input(args.output, "--output", {"--saved_model": args.saved_model, "--input": args.input,
+                                                     "--annotations": args.annotations, "--engine": args.engine,
+                                                     "--onnx": args.onnx, "--labels": args.labels})
+        check_output_folder(args.output, "--output")
     truth = {}
     if args.annotations:
         gt = coco_eval.load_annotations(args.annotations)
@@ -147,6 +150,7 @@ def main(argv=None):
     with open_runner(args, layout_optimizations=False) as ours, \
             TFSavedModelRunner(args.saved_model, ours.input_hw) as tf_runner:
         spec = ours.input_spec()
+        check_label_count(given_labels, ours.metadata, args.labels, args.engine or args.onnx)
         labels = model_labels(ours.metadata, given_labels)
         batcher = ImageBatcher(args.input, ours.input_hw, ours.input_layout, ours.fixed_batch or 1, spec.dtype,
                                max_num_images=args.max_images,
@@ -159,6 +163,8 @@ def main(argv=None):
         if heads and tf_runner.is_tfod:
             heads = TFOD_HEADS
         head_deltas = [0.0] * len(heads)
+        if args.output:
+            prepare_output_folder(args.output, "--output")  # created once the models loaded
         with tqdm(total=len(batcher.files), unit="img", desc="compare", disable=None) as progress:
             for batch, infos in batcher:
                 if args.tf_input == "canvas":

@@ -21,7 +21,7 @@ from typing import Optional
 
 import numpy as np
 
-from common import (ArgumentParser, UserError, check_output_file, positive_int, run_cli, setup_logging,
+from common import (ArgumentParser, UserError, check_not_an_input, check_output_file, positive_int, run_cli, setup_logging,
                     unit_interval, write_bytes_atomic)
 from self_check import write_checked_onnx
 
@@ -319,9 +319,12 @@ def main(argv=None):
     check_options(args.input_shape, args.input_format, args.input_size, args.legacy_plugins, args.class_agnostic,
                   args.onnx_nms)
     class_names = labels.read_labels(args.labels) if args.labels else None
+    inputs = {"--saved_model": args.saved_model, "--labels": args.labels}
     check_output_file(args.onnx, "--onnx")
+    check_not_an_input(args.onnx, "--onnx", inputs)
     if args.tf2onnx:
         check_output_file(args.tf2onnx, "--tf2onnx")
+        check_not_an_input(args.tf2onnx, "--tf2onnx", inputs)
     if os.path.realpath(args.onnx) == os.path.realpath(args.tf2onnx or ""):
         raise UserError(f"{args.onnx}: --onnx and --tf2onnx name the same file; give them different names")
     converted = convert_saved_model(args.saved_model, args.tf2onnx, args.opset, args.full_graph)

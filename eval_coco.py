@@ -14,7 +14,7 @@ import time
 
 from tqdm import tqdm
 
-from common import (ArgumentParser, UserError, atomic_output, check_output_file, positive_int, run_cli, setup_logging,
+from common import (ArgumentParser, UserError, atomic_output, check_not_an_input, check_output_file, positive_int, run_cli, setup_logging,
                     unit_interval)
 from image_batcher import add_preprocessing_argument
 
@@ -59,22 +59,28 @@ def main(argv=None):
     from detections import coco_results, split_batch
     from image_batcher import ImageBatcher, Preprocessing, check_input_path
     from infer import check_model_arguments, open_runner
-    from labels import from_metadata, read_labels
+    from labels import check_label_count, from_metadata, read_labels
 
     if args.automl_path:
         log.info("--automl_path is not needed: evaluating with pycocotools")
     check_model_arguments(args)
     check_input_path(args.input)
     plot = args.plot or (os.path.splitext(args.results)[0] + "_pr.png" if args.results else None)
+    inputs = {"--input": args.input, "--annotations": args.annotations, "--engine": args.engine,
+              "--onnx": args.onnx, "--labels": args.labels}
     if args.results:
         check_output_file(args.results, "--results")
+        check_not_an_input(args.results, "--results", inputs)
     if plot:
         check_output_file(plot, "--plot")
+        check_not_an_input(plot, "--plot", inputs)
     coco = coco_eval.load_annotations(args.annotations)
     ids_by_name = {image["file_name"]: image["id"] for image in coco.dataset["images"]}
-    categories = coco_eval.category_map(coco, read_labels(args.labels) if args.labels else None)
+    given_labels = read_labels(args.labels) if args.labels else None
+    categories = coco_eval.category_map(coco, given_labels)
 
     with open_runner(args) as runner:
+        check_label_count(given_labels, runner.metadata, args.labels, args.engine or args.onnx)
         if categories is None:
             coco_eval.warn_if_names_differ(coco, from_metadata(runner.metadata))
         threshold = model_score_threshold(runner)

@@ -20,8 +20,8 @@ import re
 import shutil
 import tempfile
 
-from common import (ArgumentParser, UserError, folder_mode, positive_int, prepare_output_folder, run_cli,
-                    setup_logging)
+from common import (ArgumentParser, UserError, check_not_an_input, check_output_folder, folder_mode, positive_int,
+                    prepare_output_folder, run_cli, setup_logging)
 
 log = logging.getLogger("export_triton")
 
@@ -35,8 +35,9 @@ def default_name(model_path):
 
 
 def check_name(name):
-    if not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith("."):
-        raise UserError(f"--name {name!r}: a model name is one folder name (letters, digits, _ . -)")
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name or ""):
+        raise UserError(f"--name {name!r}: a model name is one folder name of letters, digits, _ . - (no spaces; "
+                        "not starting with . or -)")
     return name
 
 
@@ -107,12 +108,17 @@ def main(argv=None):
         raise UserError(f"{model_path}: no such file")
     name = check_name(args.name or default_name(model_path))
     given = labels.read_labels(args.labels) if args.labels else None
-    prepare_output_folder(args.repository, "--repository")
-    check_free(os.path.join(args.repository, name), args.overwrite)
+    check_output_folder(args.repository, "--repository")
+    entry = os.path.join(args.repository, name)
+    check_not_an_input(entry, "--repository/--name", {"--engine": args.engine, "--onnx": args.onnx,
+                                                     "--labels": args.labels}, replaces_folder=True)
+    check_free(entry, args.overwrite)
     if args.engine:
         from runners import read_engine_metadata
 
-        names = given or labels.from_metadata(read_engine_metadata(args.engine))
+        metadata = read_engine_metadata(args.engine)
+        labels.check_label_count(given, metadata, args.labels, args.engine)
+        names = given or labels.from_metadata(metadata)
         io = triton_config.describe_engine(args.engine, names)
     else:
         import onnx
@@ -121,9 +127,12 @@ def main(argv=None):
             model = onnx.load(args.onnx, load_external_data=False)
         except Exception as error:  # onnx raises DecodeError and others for a file that is not ONNX
             raise UserError(f"{args.onnx}: not a readable ONNX model ({type(error).__name__})") from None
-        names = given or labels.from_metadata({entry.key: entry.value for entry in model.metadata_props})
+        metadata = {entry.key: entry.value for entry in model.metadata_props}
+        labels.check_label_count(given, metadata, args.labels, args.onnx)
+        names = given or labels.from_metadata(metadata)
         io = triton_config.describe_onnx(model, args.onnx, args.max_batch_size or DEFAULT_ONNX_BATCH, names)
     config = triton_config.config_text(io, name, args.max_batch_size, args.instances)
+    prepare_output_folder(args.repository, "--repository")
     final = write_entry(args.repository, name, model_path, io, config, args.overwrite)
     log.info("wrote %s (%s); serve it with: tritonserver --model-repository %s", final, io.platform,
              os.path.abspath(args.repository))

@@ -33,7 +33,9 @@ from common import UserError
 
 log = logging.getLogger("image_batcher")
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+# What is read, in a folder and as a single file alike: the formats Pillow decodes that cameras and datasets use.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+EXTENSIONS_TEXT = "/".join(IMAGE_EXTENSIONS)
 PAD_COLOR = (124, 116, 104)  # NVIDIA's sample: the ImageNet mean RGB, rounded
 IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)  # 0.485, 0.456, 0.406 x 255
 AUTOML, NVIDIA = "automl", "nvidia"
@@ -92,6 +94,8 @@ def list_images(input_path, recursive=False):
     """Sorted image files of a folder (or the one file given)."""
     check_input_path(input_path)
     if os.path.isfile(input_path):
+        if not input_path.lower().endswith(IMAGE_EXTENSIONS):
+            raise UserError(f"{input_path}: not a {EXTENSIONS_TEXT} image; pass an image or a folder of images")
         return [input_path]
     found = []
     if recursive:
@@ -101,7 +105,7 @@ def list_images(input_path, recursive=False):
         found = [os.path.join(input_path, f) for f in os.listdir(input_path)
                  if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(input_path, f))]
     if not found:
-        raise UserError(f"{input_path}: no .jpg/.jpeg/.png/.bmp images found"
+        raise UserError(f"{input_path}: no {EXTENSIONS_TEXT} images found"
                         f"{'' if recursive else ' (add --recursive to look in subfolders)'}")
     return sorted(found)
 

@@ -4,9 +4,12 @@
 For every input image it writes, in --output, a visualization PNG and a
 tab-separated .txt with one `xmin ymin xmax ymax score class` line per
 detection (original-image pixels of the image as displayed, EXIF orientation
-applied; class 0-based). An image's files in --output always come from the
-latest run that read it: an older PNG is removed under --no_visualizations, and
-an image that can no longer be read loses the files an earlier run wrote for it.
+applied; class 0-based). infer_manifest.json in --output lists every file
+infer.py wrote there and which run wrote it; a file it did not write is never
+replaced (the run stops first, naming it), and one run at a time writes into a
+folder. An image's files always come from the latest run that read it: an
+older PNG is removed under --no_visualizations, and an image that can no
+longer be read loses the files an earlier run wrote for it.
 Boxes with no area left after clipping to the image are dropped. --onnx runs
 the converted ONNX on the CPU (ONNX Runtime plus this project's NumPy NMS), so
 a model can be checked without a GPU. Without --input it benchmarks the model instead.
@@ -21,9 +24,11 @@ import numpy as np
 
 from tqdm import tqdm
 
-from common import (ArgumentParser, UserError, atomic_output, check_output_file, nonnegative_int, positive_int,
-                    prepare_output_folder, run_cli, setup_logging, unit_interval)
+from common import (ArgumentParser, UserError, atomic_output, check_not_an_input, check_output_file,
+                    check_output_folder, nonnegative_int, positive_int, prepare_output_folder, run_cli, setup_logging,
+                    unit_interval)
 from image_batcher import add_preprocessing_argument
+from output_folder import OutputFolder
 
 log = logging.getLogger("infer")
 
@@ -49,14 +54,9 @@ def check_inputs_not_overwritten(stems, output, other_outputs=()):
             raise UserError(f"{path}: is one of the input images and would be overwritten; choose another --output")
 
 
-def remove_stale_results(stem):
-    """Remove an earlier run's result files of an image this run could not read; returns their names."""
-    removed = []
-    for ext in RESULT_EXTENSIONS:
-        if os.path.isfile(stem + ext):
-            os.remove(stem + ext)
-            removed.append(stem + ext)
-    return removed
+def remove_stale_results(folder, stem):
+    """Remove the result files an earlier run wrote for an image this run could not read; returns their names."""
+    return [stem + ext for ext in RESULT_EXTENSIONS if folder.remove(stem + ext)]
 
 
 def output_stems(paths, input_root):
@@ -119,7 +119,7 @@ def main(argv=None):
     parser = ArgumentParser(__doc__)
     parser.add_argument("-e", "--engine", help="TensorRT engine to run (from build_engine.py)")
     parser.add_argument("--onnx", help="converted ONNX model to run on the CPU instead (from create_onnx.py)")
-    parser.add_argument("-i", "--input", help="an image file or a folder of .jpg/.jpeg/.png/.bmp; "
+    parser.add_argument("-i", "--input", help="an image file or a folder of .jpg/.jpeg/.png/.bmp/.webp/.tif/.tiff; "
                         "without it, benchmark the model")
     parser.add_argument("-o", "--output", help="folder for the visualizations and result files")
     parser.add_argument("-l", "--labels", help="class names, one per line (class 0 first); default: the names "
@@ -147,20 +147,26 @@ def main(argv=None):
 
     from detections import coco_results, split_batch, write_tsv
     from image_batcher import ImageBatcher, Preprocessing, check_input_path, load_rgb
-    from labels import model_labels, read_labels
+    from labels import check_label_count, model_labels, read_labels
     from visualize import visualize_detections
 
     check_model_arguments(args)
     if args.input and not args.output:
         raise UserError("--input needs --output, the folder to write results into")
+    if args.output and not args.input:
+        raise UserError("--output needs --input, the images to run; without --input infer.py benchmarks the model "
+                        "and writes nothing")
     given_labels = read_labels(args.labels) if args.labels else None
     if args.input:
         check_input_path(args.input)
         check_separate_folders(args.input, args.output)
+        inputs = {"--input": args.input, "--engine": args.engine, "--onnx": args.onnx, "--labels": args.labels}
         if args.results_json:
             check_output_file(args.results_json, "--results_json")
-        prepare_output_folder(args.output, "--output")
+            check_not_an_input(args.results_json, "--results_json", inputs)
+        check_output_folder(args.output, "--output")
     with open_runner(args) as runner:
+        check_label_count(given_labels, runner.metadata, args.labels, args.engine or args.onnx)
         labels = model_labels(runner.metadata, given_labels)
         spec = runner.input_spec()
         batch_size = args.batch_size or runner.fixed_batch or 1
@@ -174,33 +180,43 @@ def main(argv=None):
                                draft=args.draft, preprocessing=Preprocessing.for_runner(args.preprocessing, runner))
         stems = output_stems(batcher.files, args.input)
         check_inputs_not_overwritten(stems, args.output, [args.results_json])
-        images = detections_total = 0
-        coco = []
-        start = time.perf_counter()
-        with tqdm(total=len(batcher.files), unit="img", desc="infer", disable=None) as progress:
-            for batch, infos in batcher:
-                outputs = runner.infer({spec.name: batch})
-                for info, found in zip(infos, split_batch(outputs, infos, args.nms_threshold)):
-                    stem = os.path.join(args.output, stems[info.path])
-                    os.makedirs(os.path.dirname(stem), exist_ok=True)
-                    write_tsv(stem + ".txt", found)
-                    if not args.no_visualizations:
-                        drawn = visualize_detections(load_rgb(info.path)[0], found.boxes, found.scores,
-                                                     found.classes, labels)
-                        with atomic_output(stem + ".png") as handle:
-                            drawn.save(handle, format="PNG")
-                    elif os.path.isfile(stem + ".png"):
-                        os.remove(stem + ".png")  # an earlier run's picture would contradict the new .txt
-                    if args.results_json:
-                        coco += coco_results(found, stems[info.path])
-                    images += 1
-                    detections_total += len(found)
-                progress.update(len(infos))
-        elapsed = time.perf_counter() - start
-    stale = [name for path in batcher.skipped for name in remove_stale_results(os.path.join(args.output, stems[path]))]
-    if stale:
-        log.info("removed %d result file(s) an earlier run wrote for images now unreadable: %s", len(stale),
-                 ", ".join(stale))
+        prepare_output_folder(args.output, "--output")
+        extensions = (".txt",) if args.no_visualizations else RESULT_EXTENSIONS
+        with OutputFolder(args.output, args.input, args.engine or args.onnx) as folder:
+            folder.claim([stem + ext for stem in stems.values() for ext in extensions])
+            images = detections_total = 0
+            coco, written = [], []
+            start = time.perf_counter()
+            with tqdm(total=len(batcher.files), unit="img", desc="infer", disable=None) as progress:
+                for batch, infos in batcher:
+                    outputs = runner.infer({spec.name: batch})
+                    for info, found in zip(infos, split_batch(outputs, infos, args.nms_threshold)):
+                        stem = os.path.join(args.output, stems[info.path])
+                        os.makedirs(os.path.dirname(stem), exist_ok=True)
+                        write_tsv(stem + ".txt", found)
+                        written.append(stems[info.path] + ".txt")
+                        if not args.no_visualizations:
+                            drawn = visualize_detections(load_rgb(info.path)[0], found.boxes, found.scores,
+                                                         found.classes, labels)
+                            with atomic_output(stem + ".png") as handle:
+                                drawn.save(handle, format="PNG")
+                            written.append(stems[info.path] + ".png")
+                        else:
+                            folder.remove(stems[info.path] + ".png")  # an earlier run's picture contradicts the .txt
+                        if args.results_json:
+                            coco += coco_results(found, stems[info.path])
+                        images += 1
+                        detections_total += len(found)
+                    progress.update(len(infos))
+            elapsed = time.perf_counter() - start
+            stale = [name for path in batcher.skipped for name in remove_stale_results(folder, stems[path])]
+            if stale:
+                log.info("removed %d result file(s) an earlier run wrote for images now unreadable: %s", len(stale),
+                         ", ".join(stale))
+            folder.finish(written)
+    if not images:
+        raise UserError(f"{args.input}: none of its {len(batcher.files)} image(s) could be read (see the warnings "
+                        "above); nothing was written")
     if args.results_json:
         with atomic_output(args.results_json, "w") as handle:
             json.dump(coco, handle)

@@ -21,17 +21,37 @@ COCO_CLASS_COUNTS = (90, 91)
 
 
 def read_labels(path):
-    """One class name per line (class 0 first); blank lines are ignored."""
+    """One class name per line, class 0 first. Line positions are class numbers: a blank line inside the file
+    is a class without a name (shown as class_<n>, with a warning); blank lines at the end are ignored."""
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such labels file; pass one class name per line with --labels")
     try:
         with open(path, encoding="utf-8") as handle:
-            names = [line.strip() for line in handle if line.strip()]
+            names = [line.strip() for line in handle]
     except UnicodeDecodeError:
         raise UserError(f"{path}: not a UTF-8 text file; --labels takes one class name per line") from None
+    while names and not names[-1]:
+        names.pop()
     if not names:
         raise UserError(f"{path}: no class names in it; --labels takes one class name per line")
-    return names
+    blank = [index for index, name in enumerate(names) if not name]
+    if blank:
+        log.warning("%s: line(s) %s are blank: class(es) %s have no name (shown as class_<n>)", path,
+                    ", ".join(str(index + 1) for index in blank), ", ".join(str(index) for index in blank))
+    return [name or f"class_{index}" for index, name in enumerate(names)]
+
+
+def check_label_count(names, metadata, labels_path, model_path):
+    """Refuse --labels whose count differs from the class count the model's metadata records (a COCO-sized
+    model takes the 90- or 91-entry COCO lists alike)."""
+    count = metadata.get("num_classes")
+    if not names or count is None:
+        return
+    count = int(count)
+    allowed = set(COCO_CLASS_COUNTS) if count in COCO_CLASS_COUNTS else {count}
+    if len(names) not in allowed:
+        raise UserError(f"{labels_path}: has {len(names)} class names but {model_path} has {count} classes; "
+                        "give one name per class, class 0 first")
 
 
 def to_metadata(names):

@@ -49,7 +49,7 @@ def test_save_onnx_alone_writes_the_fp16_graph_without_tensorrt(d0_onnx, fixture
     (["--engine", "x.engine", "--workspace", "0"], "--workspace: must be more than 0"),
     (["--engine", "/proc/x.engine"], "/proc/x.engine: cannot write"),
     (["--save_onnx", "/no/such/folder/x.onnx"], "does not exist"),
-    (["--engine", "x.engine", "--precision", "int8", "--calib_input", ".", "--calib_cache", "/proc/c.cache"],
+    (["--engine", "x.engine", "--precision", "int8", "--calib_input", "tests", "--calib_cache", "/proc/c.cache"],
      "/proc/c.cache"),
 ])
 def test_argument_errors(d0_onnx, args, fragment):

@@ -56,7 +56,8 @@ def test_infer_writes_png_and_tsv_per_valid_image(d0_onnx, awkward_folder, tmp_p
     assert result.returncode == 0, result.stderr[-3000:]
     assert "corrupt.jpg" in result.stderr and "7 images" in result.stdout and "1 unreadable skipped" in result.stdout
     stems = ["cmyk", "dup.jpg", "dup.png", "gray_portrait", "photo", "rgba", "sixteen"]
-    assert sorted(p.name for p in output.iterdir()) == sorted([s + ".png" for s in stems] + [s + ".txt" for s in stems])
+    assert sorted(p.name for p in output.iterdir()) == sorted([s + ".png" for s in stems] + [s + ".txt" for s in stems]
+                                                              + ["infer_manifest.json"])
 
     # The TSV rows are the CPU runner's detections mapped to original pixels.
     with OnnxCpuRunner(d0_onnx) as runner:
@@ -187,17 +188,17 @@ def test_stale_results_are_removed(d0_onnx, two_images, tmp_path):
     output = tmp_path / "out"
     first = run_infer("--onnx", d0_onnx, "--input", str(two_images), "--output", str(output))
     assert first.returncode == 0, first.stderr[-2000:]
-    assert sorted(p.name for p in output.iterdir()) == ["a.png", "a.txt", "b.png", "b.txt"]
+    assert sorted(p.name for p in output.iterdir()) == ["a.png", "a.txt", "b.png", "b.txt", "infer_manifest.json"]
 
     (two_images / "b.png").write_bytes(b"\x89PNG damaged since the first run")
     second = run_infer("--onnx", d0_onnx, "--input", str(two_images), "--output", str(output))
     assert second.returncode == 0, second.stderr[-2000:]
     assert "1 unreadable skipped" in second.stdout and "b.txt" in second.stderr
-    assert sorted(p.name for p in output.iterdir()) == ["a.png", "a.txt"]
+    assert sorted(p.name for p in output.iterdir()) == ["a.png", "a.txt", "infer_manifest.json"]
 
     third = run_infer("--onnx", d0_onnx, "--input", str(two_images), "--output", str(output), "--no_visualizations")
     assert third.returncode == 0, third.stderr[-2000:]
-    assert sorted(p.name for p in output.iterdir()) == ["a.txt"]
+    assert sorted(p.name for p in output.iterdir()) == ["a.txt", "infer_manifest.json"]
 
 
 def test_a_valid_onnx_that_is_not_a_detector_is_a_clear_error(tmp_path, two_images):
