@@ -57,6 +57,8 @@ def check_outputs(args):
     writes_cache = calibrating and args.calib_cache and not os.path.isfile(args.calib_cache)
     inputs = {"--onnx": args.onnx, "--calib_input": args.calib_input if calibrating else None,
               "--calib_cache": args.calib_cache if calibrating and not writes_cache else None}
+    if calibrating and args.calib_cache and args.calib_input:  # an existing "cache" there is one of the images
+        check_not_an_input(args.calib_cache, "--calib_cache", {"--calib_input": args.calib_input})
     outputs = [(args.engine, "--engine"), (args.save_onnx, "--save_onnx"), (args.timing_cache, "--timing_cache")]
     if writes_cache:
         outputs.append((args.calib_cache, "--calib_cache"))

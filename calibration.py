@@ -137,12 +137,13 @@ def read_cache(path, method=None):
         with open(path, encoding="ascii") as handle:
             lines = [line.rstrip("\n") for line in handle if line.strip()]
     except (OSError, UnicodeDecodeError) as error:
-        raise UserError(f"{path}: cannot read the calibration cache ({error}); delete it to recalibrate") from None
+        raise UserError(f"{path}: not a readable calibration cache ({type(error).__name__}); give --calib_cache a "
+                        "new file name to calibrate into") from None
     kinds = {kind: name for name, kind in CACHE_KINDS.items()}
     header = lines[0].split("-") if lines else []
     if len(header) != 3 or header[0] != "TRT" or header[2] not in kinds:
         raise UserError(f"{path}: not a TensorRT entropy or min-max calibration cache (first line {lines[:1]}); "
-                        "delete it to recalibrate")
+                        "give --calib_cache a new file name to calibrate into")
     if method and kinds[header[2]] != method:
         raise UserError(f"{path}: made by {kinds[header[2]]} calibration, not {method}; pass --calib_method "
                         f"{kinds[header[2]]} or delete it to recalibrate")

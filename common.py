@@ -171,6 +171,24 @@ def _existing_same_file(a, b):
         return False
 
 
+def _hard_link_into(path, folder):
+    """The file in `folder` that existing file `path` is a hard link of (same inode), or None."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    if status.st_nlink < 2 or not os.path.isfile(path):
+        return None
+    for root, _, files in os.walk(folder):
+        for name in files:
+            candidate = os.path.join(root, name)
+            with contextlib.suppress(OSError):
+                other = os.stat(candidate)
+                if (other.st_dev, other.st_ino) == (status.st_dev, status.st_ino):
+                    return candidate
+    return None
+
+
 def _inside(path, folder):
     """Whether `path` is `folder` or lies under it, spelled any way (both resolved through links)."""
     path, folder = os.path.realpath(path), os.path.realpath(folder)
@@ -192,9 +210,9 @@ def check_not_an_input(output, flag, inputs, replaces_folder=False):
         if _existing_same_file(output, source) or os.path.realpath(output) == os.path.realpath(source):
             raise UserError(f"{output}: is the {input_flag} input ({source}) and would be overwritten; "
                             f"give {flag} another path")
-        if os.path.isdir(source) and _inside(output, source):
-            raise UserError(f"{output}: lies inside the {input_flag} folder {source}, which is only read; "
-                            f"give {flag} a path outside it")
+        if os.path.isdir(source) and (_inside(output, source) or _hard_link_into(output, source)):
+            raise UserError(f"{output}: lies inside the {input_flag} folder {source} (or is a link to a file "
+                            f"there), which is only read; give {flag} a path outside it")
         if replaces_folder and _inside(source, output):
             raise UserError(f"{output}: holds the {input_flag} input {source} and would be replaced; "
                             f"give {flag} another path")
