@@ -20,12 +20,16 @@ import os
 import time
 
 from calibration import CACHE_KINDS
-from common import (ArgumentParser, UserError, check_not_an_input, check_output_file, positive_float, positive_int, run_cli, setup_logging,
-                    write_bytes_atomic)
+from common import (ArgumentParser, UserError, check_not_an_input, check_output_file, positive_float, positive_int,
+                    run_cli, setup_logging, write_bytes_atomic)
 from image_batcher import add_preprocessing_argument
 from self_check import write_checked_onnx
 
 log = logging.getLogger("build_engine")
+
+# Below this many calibration images the build log warns (README, "INT8": calibrated on 4 images the demo
+# model gave 573 detections where FP32 gave 25).
+MIN_SENSIBLE_CALIBRATION = 100
 
 
 def parse_batch_range(text):
@@ -109,16 +113,29 @@ def check_calibration(args, model):
     if not args.calib_input:
         raise UserError(f"--precision {args.precision} needs calibration images (--calib_input) or an existing "
                         "calibration cache (--calib_cache)")
-    from image_batcher import ImageBatcher, Preprocessing
+    from image_batcher import ImageBatcher, Preprocessing, list_images
     from runners import image_layout, onnx_input_dtype, onnx_input_mean, onnx_input_shape
 
     shape = onnx_input_shape(model)
     if shape[0] is not None and shape[0] != args.calib_batch_size:
         raise UserError(f"{args.onnx} has a fixed batch of {shape[0]}: calibrate with --calib_batch_size {shape[0]}")
     layout, size = image_layout(shape, args.onnx)
-    return ImageBatcher(args.calib_input, size, layout, args.calib_batch_size, onnx_input_dtype(model),
-                        max_num_images=args.calib_num_images, exact_batches=True, shuffle=True,
-                        preprocessing=Preprocessing.for_model(args.preprocessing, onnx_input_mean(model)))
+    batcher = ImageBatcher(args.calib_input, size, layout, args.calib_batch_size, onnx_input_dtype(model),
+                           max_num_images=args.calib_num_images, exact_batches=True, shuffle=True,
+                           preprocessing=Preprocessing.for_model(args.preprocessing, onnx_input_mean(model)))
+    found = len(list_images(args.calib_input))
+    used = len(batcher.files)
+    why = []
+    if found > args.calib_num_images:
+        why.append(f"--calib_num_images {args.calib_num_images}")
+    if used < min(found, args.calib_num_images):
+        why.append(f"whole batches of {args.calib_batch_size} only")
+    log.info("calibrating on %d of the %d image(s) in %s (%d batch(es) of %d%s)", used, found, args.calib_input,
+             used // args.calib_batch_size, args.calib_batch_size, f"; {', '.join(why)}" if why else "")
+    if used < MIN_SENSIBLE_CALIBRATION:
+        log.warning("%d calibration images is few: INT8 ranges measured on so few images can be far off (the "
+                    "README's INT8 section says how many to use)", used)
+    return batcher
 
 
 def build(args, model, batcher):

@@ -73,6 +73,31 @@ def check_entries(path, data):
                         and all(isinstance(v, (int, float)) for v in bbox)):
                     raise UserError(f"{path}: annotations[{index}] bbox is {bbox!r}; COCO boxes are "
                                     "[x, y, width, height] in pixels")
+    negative = [entry for entry in data["annotations"] if entry["bbox"][2] < 0 or entry["bbox"][3] < 0]
+    if negative:
+        data["annotations"] = [entry for entry in data["annotations"] if entry["bbox"][2] >= 0
+                               and entry["bbox"][3] >= 0]
+        log.warning("%s: %d annotation(s) with a negative width or height are skipped (they would change AP): %s",
+                    path, len(negative), first_few(f"id {entry.get('id', '?')} bbox {entry['bbox']}"
+                                                   for entry in negative))
+
+
+def first_few(items, shown=3):
+    """'a, b, c and N more' for log lines that name what they count."""
+    items = list(items)
+    more = f" and {len(items) - shown} more" if len(items) > shown else ""
+    return ", ".join(str(item) for item in items[:shown]) + more
+
+
+def warn_unpredicted_categories(coco, results, image_ids):
+    """Warn naming the annotated categories (on the evaluated images) that the model never predicted."""
+    annotated = {a["category_id"] for a in coco.dataset["annotations"] if a["image_id"] in set(image_ids)}
+    predicted = {r["category_id"] for r in results}
+    names = {c["id"]: c["name"] for c in coco.dataset["categories"]}
+    never = sorted(annotated - predicted)
+    if never:
+        log.warning("%d annotated categor%s never predicted by the model (AP 0): %s", len(never),
+                    "y is" if len(never) == 1 else "ies are", first_few(f"{names.get(c, c)} ({c})" for c in never))
 
 
 def warn_if_names_differ(coco, names):
@@ -125,6 +150,7 @@ def evaluate(coco_gt, results, image_ids, backend="auto"):
     data set is evaluated by its C++ implementation of the same algorithm.
     """
     backend = evaluation_backend(backend)
+    logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)  # it logs its own copy of the summary
     with contextlib.redirect_stdout(io.StringIO()):
         if backend == "faster-coco-eval":
             from faster_coco_eval import COCO as FastCOCO

@@ -94,11 +94,16 @@ def main(argv=None):
                                preprocessing=Preprocessing.for_runner(args.preprocessing, runner))
         unknown = [p for p in batcher.files if os.path.basename(p) not in ids_by_name]
         if unknown:
-            log.warning("%d image(s) are not in %s and are skipped, e.g. %s", len(unknown), args.annotations,
-                        os.path.basename(unknown[0]))
+            log.warning("%d image(s) are not in %s and are skipped: %s", len(unknown), args.annotations,
+                        coco_eval.first_few(os.path.basename(p) for p in unknown))
             batcher.files = [p for p in batcher.files if os.path.basename(p) in ids_by_name]
         if not batcher.files:
             raise UserError(f"{args.input}: none of its images are named in {args.annotations}")
+        annotated = {a["image_id"] for a in coco.dataset["annotations"]}
+        if not annotated & {ids_by_name[os.path.basename(p)] for p in batcher.files}:
+            raise UserError(f"{args.annotations}: none of its annotations belong to the images found in "
+                            f"{args.input} (their image_id values match no image entry named like those files); "
+                            "check that the annotations are for these images")
         results, evaluated = [], []
         start = time.perf_counter()
         with tqdm(total=len(batcher.files), unit="img", desc="eval", disable=None) as progress:
@@ -111,10 +116,15 @@ def main(argv=None):
                     results += [e for e in entries if e["category_id"] is not None]
                 progress.update(len(infos))
         elapsed = time.perf_counter() - start
-    missing = len(ids_by_name) - len(evaluated)
-    if missing > 0:
-        log.warning("%d annotated image(s) were not evaluated (not in %s, unreadable, or past --max_images)",
-                    missing, args.input)
+    if not evaluated:
+        raise UserError(f"{args.input}: none of the images could be read (see the warnings above); nothing was "
+                        "evaluated")
+    missing = sorted(set(ids_by_name.values()) - set(evaluated))
+    if missing:
+        names = {image_id: name for name, image_id in ids_by_name.items()}
+        log.warning("%d annotated image(s) were not evaluated (not in %s, unreadable, or past --max_images): %s",
+                    len(missing), args.input, coco_eval.first_few(names[i] for i in missing))
+    coco_eval.warn_unpredicted_categories(coco, results, evaluated)
 
     if args.results:
         with atomic_output(args.results, "w") as handle:

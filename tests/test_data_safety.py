@@ -296,3 +296,41 @@ def test_a_blank_line_in_a_labels_file_keeps_every_later_name_on_its_class(tmp_p
 def test_output_without_input_is_an_error_not_a_benchmark(d0_onnx, tmp_path):
     assert_refused(script("infer.py", "--onnx", d0_onnx, "-o", tmp_path / "out"), "--output needs --input")
     assert not (tmp_path / "out").exists()
+
+
+# 7. eval_coco: no number from annotations that do not fit the images.
+
+def test_eval_coco_refuses_annotations_for_none_of_the_images_and_names_what_it_skips(d0_onnx, tmp_path):
+    images, annotations = coco_folder(tmp_path)
+    data = json.loads(annotations.read_text())
+    data["annotations"][0]["image_id"] = 99  # the file names match, the boxes belong to no listed image
+    annotations.write_text(json.dumps(data))
+    assert_refused(script("eval_coco.py", "--onnx", d0_onnx, "--input", images, "--annotations", annotations),
+                   "none of its annotations belong to the images")
+
+    data["annotations"][0]["image_id"] = 1
+    data["annotations"].append({"id": 7, "image_id": 2, "category_id": 1, "bbox": [40, 40, -5, 20], "area": 100,
+                                "iscrowd": 0})
+    data["categories"].append({"id": 95, "name": "suitcase"})  # beyond the 90 classes: never predicted
+    data["annotations"].append({"id": 8, "image_id": 2, "category_id": 95, "bbox": [5, 5, 30, 30], "area": 900,
+                                "iscrowd": 0})
+    annotations.write_text(json.dumps(data))
+    make_image(256, 256, 9)[0].save(images / "extra.png")
+    result = script("eval_coco.py", "--onnx", d0_onnx, "--input", images, "--annotations", annotations)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "id 7 bbox [40, 40, -5, 20]" in result.stderr  # the negative box, named and skipped
+    assert "1 image(s) are not in" in result.stderr and "extra.png" in result.stderr
+    assert "never predicted" in result.stderr and "suitcase (95)" in result.stderr
+    assert result.stdout.count("Average Precision") + result.stderr.count("Average Precision") <= 1  # one summary
+
+
+# 10. INT8 calibration says how many images it used.
+
+def test_calibration_reports_the_images_it_used(d0_onnx, tmp_path):
+    images = images_folder(tmp_path / "calib", 10, size=(96, 96))
+    result = script("build_engine.py", "--onnx", d0_onnx, "--precision", "int8", "--calib_input", images,
+                    "--calib_batch_size", "4", "--calib_num_images", "9", "--save_onnx", tmp_path / "q.onnx")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "calibrating on 8 of the 10 image(s)" in result.stderr
+    assert "--calib_num_images 9, whole batches of 4 only" in result.stderr
+    assert "8 calibration images is few" in result.stderr
