@@ -171,18 +171,33 @@ def _bilinear_taps(in_size, out_size):
     return lower, upper, (position - floor).astype(np.float32)
 
 
-def resize_bilinear_tf(pixels, new_h, new_w):
-    """[h, w, 3] -> float32 [new_h, new_w, 3] as tf.image.resize(method=bilinear, antialias=False) computes it."""
+def resize_bilinear_tf(pixels, new_h, new_w, out=None):
+    """[h, w, 3] -> float32 [new_h, new_w, 3] as tf.image.resize(method=bilinear, antialias=False) computes it.
+
+    TensorFlow's float32 arithmetic in its order (x first: top + (bottom - top) * dy of left + (right - left)
+    * dx), so the result is bit-identical to it. Speed: the taps are gathered with np.take in the image's own
+    dtype (a big photo is never converted whole; np.take along an axis is ~3.5x faster than fancy indexing
+    there), along the axis that shrinks the image most first, all four taps in one [2 * new_h, 2 * new_w]
+    block; the arithmetic runs in place; `out` (a float32 [new_h, new_w, 3] view, such as a batch slot)
+    receives the last step directly.
+    """
     image = np.asarray(pixels)
     top, bottom, weight_y = _bilinear_taps(image.shape[0], new_h)
     left, right, weight_x = _bilinear_taps(image.shape[1], new_w)
-
-    def along_x(rows):  # gather in the image's own dtype, then float32: a big photo is never converted whole
-        start, end = rows[:, left].astype(np.float32), rows[:, right].astype(np.float32)
-        return start + (end - start) * weight_x[None, :, None]
-
-    upper, lower = along_x(image[top]), along_x(image[bottom])
-    return upper + (lower - upper) * weight_y[:, None, None]
+    rows, columns = np.concatenate([top, bottom]), np.concatenate([left, right])
+    if len(rows) * image.shape[1] <= image.shape[0] * len(columns):
+        taps = np.take(np.take(image, rows, axis=0), columns, axis=1)
+    else:
+        taps = np.take(np.take(image, columns, axis=1), rows, axis=0)
+    # [2 * new_h, 2 * new_w, 3] (top; bottom) x (left | right), to two contiguous float32 halves
+    start, across = taps[:, :new_w].astype(np.float32), taps[:, new_w:].astype(np.float32)
+    across -= start
+    across *= np.repeat(weight_x, 3).reshape(new_w, 3)  # broadcast over the leading axis only: a faster loop
+    across += start  # start + (end - start) * dx
+    upper, lower = across[:new_h], across[new_h:]
+    lower -= upper
+    lower *= weight_y[:, None, None]
+    return np.add(lower, upper, out=out)  # upper + (lower - upper) * dy
 
 
 def fit_into(image, original_size, out, layout, preprocessing=Preprocessing()):
@@ -194,16 +209,17 @@ def fit_into(image, original_size, out, layout, preprocessing=Preprocessing()):
     """
     height, width = (out.shape[0], out.shape[1]) if layout == "NHWC" else (out.shape[1], out.shape[2])
     integer = np.dtype(out.dtype).kind in "iu"  # uint8 batches: float values rounded to the nearest
+    view = out if layout == "NHWC" else out.transpose(1, 2, 0)
     if preprocessing.method == AUTOML:
         new_w, new_h = automl_fitted_size(original_size[0], original_size[1], height, width)
-        resized = resize_bilinear_tf(np.asarray(image), new_h, new_w)
-        if integer:
-            resized = np.clip(np.rint(resized), 0, 255)
+        if out.dtype == np.float32:
+            resize_bilinear_tf(np.asarray(image), new_h, new_w, out=view[:new_h, :new_w])
+        else:
+            resized = resize_bilinear_tf(np.asarray(image), new_h, new_w)
+            view[:new_h, :new_w] = np.clip(np.rint(resized, out=resized), 0, 255, out=resized) if integer else resized
     else:
         new_w, new_h = fitted_size(original_size[0], original_size[1], height, width)
-        resized = np.asarray(image.resize((new_w, new_h), resample=Image.BILINEAR))
-    view = out if layout == "NHWC" else out.transpose(1, 2, 0)
-    view[:new_h, :new_w] = resized
+        view[:new_h, :new_w] = np.asarray(image.resize((new_w, new_h), resample=Image.BILINEAR))
     pad = np.rint(preprocessing.pad) if integer else preprocessing.pad
     view[new_h:, :] = pad
     view[:new_h, new_w:] = pad
