@@ -104,6 +104,9 @@ class CudaPython(CudaBackend):
     def synchronize(self, stream):
         self._check((self.rt.cudaStreamSynchronize(stream)[0], None), "cudaStreamSynchronize")
 
+    def memset(self, pointer, nbytes, stream):
+        self._check((self.rt.cudaMemsetAsync(pointer, 0, nbytes, stream)[0], None), "cudaMemsetAsync")
+
     def create_event(self):
         return self._check(self.rt.cudaEventCreate(), "cudaEventCreate")
 
@@ -193,6 +196,9 @@ class PyCuda(CudaBackend):
 
     def synchronize(self, stream):
         stream.synchronize()
+
+    def memset(self, pointer, nbytes, stream):
+        self.driver.memset_d8_async(pointer, 0, nbytes, stream)
 
     def create_event(self):
         return self.driver.Event()

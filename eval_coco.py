@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from common import (ArgumentParser, UserError, atomic_output, check_not_an_input, check_output_file, positive_int, run_cli, setup_logging,
                     unit_interval)
+from gpu_preprocess import add_device_argument
 from image_batcher import add_preprocessing_argument
 
 log = logging.getLogger("eval_coco")
@@ -51,11 +52,13 @@ def main(argv=None):
                         help="images per batch (default: model's, else 1)")
     parser.add_argument("--workers", type=positive_int, default=None, help="image decoding threads")
     add_preprocessing_argument(parser)
+    add_device_argument(parser)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
 
     import coco_eval
+    import gpu_preprocess
     from detections import coco_results, split_batch
     from image_batcher import ImageBatcher, Preprocessing, check_input_path
     from infer import check_model_arguments, open_runner
@@ -89,9 +92,15 @@ def main(argv=None):
                         "re-create the ONNX with --nms_threshold 0 (or 0.001) for a faithful mAP", threshold)
         spec = runner.input_spec()
         batch_size = args.batch_size or runner.fixed_batch or 1
-        batcher = ImageBatcher(args.input, runner.input_hw, runner.input_layout, batch_size, spec.dtype,
-                               max_num_images=args.max_images, workers=args.workers,
-                               preprocessing=Preprocessing.for_runner(args.preprocessing, runner))
+        preprocessing = Preprocessing.for_runner(args.preprocessing, runner)
+        engine = gpu_preprocess.engine_for_gpu(args.preprocess_on, runner, preprocessing)
+        if engine:
+            batcher = gpu_preprocess.GpuImageBatcher.for_engine(
+                engine, args.input, batch_size, max_num_images=args.max_images, workers=args.workers,
+                preprocessing=preprocessing)
+        else:
+            batcher = ImageBatcher(args.input, runner.input_hw, runner.input_layout, batch_size, spec.dtype,
+                                   max_num_images=args.max_images, workers=args.workers, preprocessing=preprocessing)
         unknown = [p for p in batcher.files if os.path.basename(p) not in ids_by_name]
         if unknown:
             log.warning("%d image(s) are not in %s and are skipped: %s", len(unknown), args.annotations,
@@ -108,7 +117,7 @@ def main(argv=None):
         start = time.perf_counter()
         with tqdm(total=len(batcher.files), unit="img", desc="eval", disable=None) as progress:
             for batch, infos in batcher:
-                outputs = runner.infer({spec.name: batch})
+                outputs = engine.infer_device() if engine else runner.infer({spec.name: batch})
                 for info, found in zip(infos, split_batch(outputs, infos, args.nms_threshold)):
                     image_id = ids_by_name[os.path.basename(info.path)]
                     evaluated.append(image_id)

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from common import (ArgumentParser, UserError, atomic_output, check_not_an_input, check_output_file,
                     check_output_folder, nonnegative_int, positive_int, prepare_output_folder, run_cli, setup_logging,
                     unit_interval)
+from gpu_preprocess import add_device_argument
 from image_batcher import add_preprocessing_argument
 from output_folder import OutputFolder
 
@@ -138,6 +139,7 @@ def main(argv=None):
     parser.add_argument("--workers", type=positive_int, default=None,
                         help="image decoding threads (default: CPU count)")
     add_preprocessing_argument(parser)
+    add_device_argument(parser)
     parser.add_argument("--cuda_graph", action="store_true", help="TensorRT: replay fixed-shape runs as a CUDA graph")
     parser.add_argument("--warmup", type=nonnegative_int, default=10, help="benchmark mode: warm-up runs")
     parser.add_argument("--iterations", type=positive_int, default=100, help="benchmark mode: timed runs")
@@ -146,6 +148,7 @@ def main(argv=None):
     setup_logging(args.verbose)
 
     from detections import coco_results, split_batch, write_tsv
+    import gpu_preprocess
     from image_batcher import ImageBatcher, Preprocessing, check_input_path, load_rgb
     from labels import check_label_count, model_labels, read_labels
     from visualize import visualize_detections
@@ -175,9 +178,16 @@ def main(argv=None):
         if not args.input:
             benchmark(runner, batch_size, args.warmup, args.iterations)
             return 0
-        batcher = ImageBatcher(args.input, runner.input_hw, runner.input_layout, batch_size, spec.dtype,
-                               max_num_images=args.max_images, recursive=args.recursive, workers=args.workers,
-                               draft=args.draft, preprocessing=Preprocessing.for_runner(args.preprocessing, runner))
+        preprocessing = Preprocessing.for_runner(args.preprocessing, runner)
+        engine = gpu_preprocess.engine_for_gpu(args.preprocess_on, runner, preprocessing)
+        if engine:
+            batcher = gpu_preprocess.GpuImageBatcher.for_engine(
+                engine, args.input, batch_size, max_num_images=args.max_images, recursive=args.recursive,
+                workers=args.workers, preprocessing=preprocessing)
+        else:
+            batcher = ImageBatcher(args.input, runner.input_hw, runner.input_layout, batch_size, spec.dtype,
+                                   max_num_images=args.max_images, recursive=args.recursive, workers=args.workers,
+                                   draft=args.draft, preprocessing=preprocessing)
         stems = output_stems(batcher.files, args.input)
         check_inputs_not_overwritten(stems, args.output, [args.results_json])
         prepare_output_folder(args.output, "--output")
@@ -189,7 +199,7 @@ def main(argv=None):
             start = time.perf_counter()
             with tqdm(total=len(batcher.files), unit="img", desc="infer", disable=None) as progress:
                 for batch, infos in batcher:
-                    outputs = runner.infer({spec.name: batch})
+                    outputs = engine.infer_device() if engine else runner.infer({spec.name: batch})
                     for info, found in zip(infos, split_batch(outputs, infos, args.nms_threshold)):
                         stem = os.path.join(args.output, stems[info.path])
                         os.makedirs(os.path.dirname(stem), exist_ok=True)

@@ -339,6 +339,7 @@ class TensorRTRunner(Runner):
         self._allocated_batch = None
         self._graph = None
         self._graph_batch = None
+        self._device_batch = None
 
     def _allocate(self, batch):
         """Device and pinned host buffers for `batch` images (reallocated only when it grows)."""
@@ -373,22 +374,45 @@ class TensorRTRunner(Runner):
             said = " ".join(self.logger.messages[-3:])
             raise RuntimeError(f"TensorRT execution failed: {said}")
 
-    def infer(self, feed):
-        name, _, dtype, shape = self._input
-        images = np.ascontiguousarray(feed[name], dtype=dtype)
-        batch = images.shape[0]
+    def _prepare(self, batch):
+        """Buffers and input shape for a run of `batch` images."""
+        name, _, _, shape = self._input
         low, high = self.batch_range
         if not low <= batch <= high:
             raise UserError(f"{self.path}: batch {batch} is outside the engine's batch range {low}..{high}")
         self._allocate(batch)
         if shape[0] < 0:
-            self.context.set_input_shape(name, images.shape)
+            self.context.set_input_shape(name, (batch,) + tuple(shape[1:]))
+
+    def device_input(self, count):
+        """The device pointer of the input binding, ready for `count` images written there on `self.stream`
+        (GPU preprocessing); rows a fixed-batch engine has beyond `count` are zeroed. Run with infer_device."""
+        name, _, dtype, shape = self._input
+        batch = shape[0] if shape[0] >= 0 else count
+        self._prepare(batch)
+        if batch > count:
+            row = int(np.prod(shape[1:])) * np.dtype(dtype).itemsize
+            self.cuda.memset(self.device[name] + count * row, (batch - count) * row, self.stream)
+        self._device_batch = batch
+        return self.device[name]
+
+    def infer_device(self):
+        """Run on the input device_input() handed out, already written on the GPU; outputs as infer()'s."""
+        return self._run(self._device_batch)
+
+    def infer(self, feed):
+        name, _, dtype, _ = self._input
+        images = np.ascontiguousarray(feed[name], dtype=dtype)
+        self._prepare(images.shape[0])
         host_input = self.host[name].reshape(-1)[: images.size].reshape(images.shape)
         host_input[...] = images
+        self.cuda.copy_to_device(self.device[name], host_input, self.stream)
+        return self._run(images.shape[0])
+
+    def _run(self, batch):
         outputs = [(n, trt_adapter.dims_tuple(self.context.get_tensor_shape(n)))
                    for n, is_input, _, _ in self.tensors if not is_input]
         start, end = self.events
-        self.cuda.copy_to_device(self.device[name], host_input, self.stream)
         self.cuda.record_event(start, self.stream)
         if self.use_cuda_graph and self.cuda.supports_graphs:
             if self._graph is None or self._graph_batch != batch:

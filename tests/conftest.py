@@ -164,6 +164,11 @@ def pytest_addoption(parser):
                           "each when a test first needs it (a cold run on two cores: minutes sooner)")
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA device; skips with the reason without one (CI). On a GPU "
+                            "machine: python -m pytest -m gpu tests/test_gpu.py")
+
+
 def pytest_sessionstart(session):
     if session.config.getoption("fixtures_ahead"):
         pool = ThreadPoolExecutor(AHEAD_JOBS, thread_name_prefix="fixtures-ahead")

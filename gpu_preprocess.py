@@ -1,0 +1,315 @@
+"""Images decoded and letterboxed on the GPU, written straight into a device buffer (an engine's input).
+
+Decoding: nvImageCodec (`nvidia-nvimgcodec-cu13`, NVIDIA's decode library: nvJPEG on the GPU for JPEG,
+EXIF orientation applied), batched; a file it cannot decode is read by Pillow (as the CPU batcher reads it)
+and copied up; one neither can read is skipped with a warning, as on the CPU.
+
+Letterbox: one small CUDA kernel, compiled at run time by NVRTC through cuda-python (which the TensorRT
+runner already uses: no extra package), does the `automl` arithmetic of image_batcher.fit_into: the size
+from automl_fitted_size, TensorFlow's half-pixel bilinear taps and lerps in float32 in the same order,
+compiled with --fmad=false so no multiply-add is fused and every step rounds as NumPy's does, padding with
+the model's mean colour, float32 or uint8 (rint, clipped), NHWC or NCHW. On the same decoded pixels it
+equals the CPU batcher bit for bit (tests/test_gpu.py). The `nvidia` method (Pillow's antialiasing
+resize) is not done here: that runs on the CPU.
+
+Nothing here runs without an NVIDIA driver; `unavailable_reason()` says why it cannot be used.
+"""
+
+import functools
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from image_batcher import AUTOML, ImageInfo, Preprocessing, automl_fitted_size, list_images, load_rgb
+
+log = logging.getLogger("gpu_preprocess")
+
+GPU_REQUIREMENTS = "requirements-gpu.txt"
+KERNEL_NAME = b"letterbox"
+BLOCK = (32, 8, 1)
+
+KERNEL_SOURCE = r"""
+extern "C" __global__ void letterbox(
+    const unsigned char* src, int src_h, int src_w, long long row_bytes,
+    void* dst, int out_h, int out_w, int new_h, int new_w,
+    float pad0, float pad1, float pad2, int nchw, int as_uint8)
+{
+    int x = blockIdx.x * blockDim.x + threadIdx.x;
+    int y = blockIdx.y * blockDim.y + threadIdx.y;
+    if (x >= out_w || y >= out_h) return;
+    float value[3] = {pad0, pad1, pad2};
+    if (x < new_w && y < new_h) {
+        /* image_batcher._bilinear_taps, per axis, in float32 */
+        float scale_y = (float)src_h / (float)new_h;
+        float pos_y = ((float)y + 0.5f) * scale_y - 0.5f;
+        float floor_y = floorf(pos_y);
+        int top = max((int)floor_y, 0);
+        int bottom = (int)fminf(ceilf(pos_y), (float)(src_h - 1));
+        float dy = pos_y - floor_y;
+        float scale_x = (float)src_w / (float)new_w;
+        float pos_x = ((float)x + 0.5f) * scale_x - 0.5f;
+        float floor_x = floorf(pos_x);
+        int left = max((int)floor_x, 0);
+        int right = (int)fminf(ceilf(pos_x), (float)(src_w - 1));
+        float dx = pos_x - floor_x;
+        const unsigned char* upper = src + (long long)top * row_bytes;
+        const unsigned char* lower = src + (long long)bottom * row_bytes;
+        for (int c = 0; c < 3; ++c) {
+            /* resize_bilinear_tf: x first, start + (end - start) * d */
+            float ul = (float)upper[left * 3 + c], ur = (float)upper[right * 3 + c];
+            float ll = (float)lower[left * 3 + c], lr = (float)lower[right * 3 + c];
+            float t = ul + (ur - ul) * dx;
+            float b = ll + (lr - ll) * dx;
+            value[c] = t + (b - t) * dy;
+        }
+    }
+    for (int c = 0; c < 3; ++c) {
+        long long index = nchw ? ((long long)c * out_h + y) * out_w + x : ((long long)y * out_w + x) * 3 + c;
+        if (as_uint8) {
+            ((unsigned char*)dst)[index] = (unsigned char)fminf(fmaxf(rintf(value[c]), 0.0f), 255.0f);
+        } else {
+            ((float*)dst)[index] = value[c];
+        }
+    }
+}
+"""
+
+
+def unavailable_reason(preprocessing=None):
+    """None when GPU decoding and letterboxing can run here, else why not (one line)."""
+    if preprocessing is not None and preprocessing.method != AUTOML:
+        return f"--preprocessing {preprocessing.method} runs on the CPU (the GPU path does the automl arithmetic)"
+    try:
+        from cuda.bindings import runtime  # pyright: ignore[reportAttributeAccessIssue]
+    except ImportError:
+        return f"cuda-python is not installed (pip install -r {GPU_REQUIREMENTS})"
+    error, count = runtime.cudaGetDeviceCount()
+    if error != runtime.cudaError_t.cudaSuccess or count < 1:
+        return "no CUDA device"
+    try:
+        from nvidia import nvimgcodec  # noqa: F401  # pyright: ignore[reportMissingImports]
+    except ImportError:
+        return f"nvImageCodec is not installed (pip install -r {GPU_REQUIREMENTS})"
+    try:
+        from cuda.bindings import nvrtc  # pyright: ignore[reportAttributeAccessIssue]
+
+        nvrtc.nvrtcVersion()
+    except Exception as error:  # the bindings raise their own types when libnvrtc is missing
+        return f"NVRTC cannot be loaded ({type(error).__name__}; pip install -r {GPU_REQUIREMENTS})"
+    return None
+
+
+CHOICES = ("auto", "cpu", "gpu")
+
+
+def add_device_argument(parser):
+    """The scripts' --preprocess_on option."""
+    parser.add_argument("--preprocess_on", choices=CHOICES, default="auto",
+                        help="where images are decoded and letterboxed for an --engine: gpu (nvImageCodec and a "
+                        "CUDA kernel, straight into the engine's input), cpu (the image batcher), auto (gpu when "
+                        f"its packages ({GPU_REQUIREMENTS}) and a GPU are there, else cpu, saying why)")
+
+
+def engine_for_gpu(choice, runner, preprocessing):
+    """`runner` when images go to it through the GPU path (a TensorRT runner), else None; a fallback under
+    `auto` says why in one log line, under `gpu` it is an error."""
+    from common import UserError
+    from runners import TensorRTRunner
+
+    if choice == "cpu":
+        return None
+    if not isinstance(runner, TensorRTRunner):
+        if choice == "gpu":
+            raise UserError("--preprocess_on gpu feeds a TensorRT engine's input on the GPU: give --engine")
+        return None
+    reason = unavailable_reason(preprocessing)
+    if reason:
+        if choice == "gpu":
+            raise UserError(f"--preprocess_on gpu: {reason}")
+        log.info("preprocessing on the CPU: %s", reason)
+        return None
+    log.info("preprocessing on the GPU (nvImageCodec decode, letterbox kernel)")
+    return runner
+
+
+def _check(result, what):
+    """cuda-python calls return (error, values...): the values, or RuntimeError naming the call."""
+    error = result[0]
+    if int(error) != 0:
+        raise RuntimeError(f"{what} failed: {error}")
+    rest = result[1:]
+    return rest[0] if len(rest) == 1 else rest
+
+
+class Letterbox:
+    """The letterbox kernel, compiled once for the current device (NVRTC, --fmad=false)."""
+
+    def __init__(self):
+        from cuda.bindings import driver, nvrtc, runtime  # pyright: ignore[reportAttributeAccessIssue]
+
+        self.driver = driver
+        _check(runtime.cudaFree(0), "cudaFree(0)")  # makes the runtime's primary context current
+        device = _check(runtime.cudaGetDevice(), "cudaGetDevice")
+        major = _check(runtime.cudaDeviceGetAttribute(
+            runtime.cudaDeviceAttr.cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute")
+        minor = _check(runtime.cudaDeviceGetAttribute(
+            runtime.cudaDeviceAttr.cudaDevAttrComputeCapabilityMinor, device), "cudaDeviceGetAttribute")
+        program = _check(nvrtc.nvrtcCreateProgram(KERNEL_SOURCE.encode(), b"letterbox.cu", 0, [], []),
+                         "nvrtcCreateProgram")
+        options = [b"--fmad=false", f"--gpu-architecture=sm_{major}{minor}".encode()]
+        result = nvrtc.nvrtcCompileProgram(program, len(options), options)
+        if int(result[0]) != 0:
+            size = _check(nvrtc.nvrtcGetProgramLogSize(program), "nvrtcGetProgramLogSize")
+            text = b" " * size
+            nvrtc.nvrtcGetProgramLog(program, text)
+            raise RuntimeError(f"NVRTC could not compile the letterbox kernel: {text.decode(errors='replace')}")
+        size = _check(nvrtc.nvrtcGetCUBINSize(program), "nvrtcGetCUBINSize")
+        cubin = b" " * size
+        _check(nvrtc.nvrtcGetCUBIN(program, cubin), "nvrtcGetCUBIN")
+        nvrtc.nvrtcDestroyProgram(program)
+        self.module = _check(driver.cuModuleLoadData(cubin), "cuModuleLoadData")
+        self.kernel = _check(driver.cuModuleGetFunction(self.module, KERNEL_NAME), "cuModuleGetFunction")
+        log.debug("letterbox kernel compiled for sm_%d%d", major, minor)
+
+    def launch(self, source, source_hw, row_bytes, target, out_hw, new_hw, pad, layout, dtype, stream):
+        """Letterbox the uint8 RGB image at device pointer `source` into the [H, W] slot at `target`."""
+        values = [np.array([source], np.uint64), np.array([source_hw[0]], np.int32),
+                  np.array([source_hw[1]], np.int32), np.array([row_bytes], np.int64),
+                  np.array([target], np.uint64), np.array([out_hw[0]], np.int32), np.array([out_hw[1]], np.int32),
+                  np.array([new_hw[0]], np.int32), np.array([new_hw[1]], np.int32),
+                  *(np.array([value], np.float32) for value in pad),
+                  np.array([layout == "NCHW"], np.int32), np.array([np.dtype(dtype) == np.uint8], np.int32)]
+        addresses = np.array([value.ctypes.data for value in values], np.uint64)
+        grid = ((out_hw[1] + BLOCK[0] - 1) // BLOCK[0], (out_hw[0] + BLOCK[1] - 1) // BLOCK[1], 1)
+        _check(self.driver.cuLaunchKernel(self.kernel, *grid, *BLOCK, 0, self.driver.CUstream(int(stream)),
+                                          addresses.ctypes.data, 0), "cuLaunchKernel")
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_letterbox():
+    """The letterbox kernel, compiled once per process."""
+    return Letterbox()
+
+
+def _device_array(image):
+    """(pointer, (height, width), row bytes) of an interleaved uint8 RGB nvImageCodec device image."""
+    interface = image.__cuda_array_interface__
+    height, width = interface["shape"][:2]
+    strides = interface.get("strides") or (width * 3, 3, 1)
+    return int(interface["data"][0]), (height, width), int(strides[0])
+
+
+class GpuImageBatcher:
+    """Batches decoded and letterboxed on the GPU into a device buffer: the CPU ImageBatcher's iteration.
+
+    `target(count)` returns the device pointer of a batch buffer for `count` images (for an engine: its
+    input binding); each iteration fills it on `stream` and yields (count, [ImageInfo]) once the work is
+    queued; rows past `count` in the last batch are zeroed, as the CPU batcher zero-pads. `cuda` is a
+    cuda_memory backend (cuda-python).
+    """
+
+    def __init__(self, input_path, shape, layout, batch_size, dtype, cuda, stream, target, max_num_images=None,
+                 recursive=False, workers=None, preprocessing=Preprocessing()):
+        from nvidia import nvimgcodec  # pyright: ignore[reportMissingImports]
+
+        reason = unavailable_reason(preprocessing)
+        if reason:
+            raise RuntimeError(reason)
+        self.nvimgcodec = nvimgcodec
+        self.height, self.width = shape
+        self.layout = layout
+        self.batch_size = batch_size
+        self.dtype = np.dtype(dtype)
+        self.cuda, self.stream, self.target = cuda, stream, target
+        self.pad = tuple(float(v) for v in (np.rint(preprocessing.pad) if self.dtype.kind in "iu"
+                                            else preprocessing.pad))
+        files = list_images(input_path, recursive)
+        self.files = files[:max_num_images] if max_num_images else files
+        self.skipped = []
+        self.decoder = nvimgcodec.Decoder()
+        self.params = nvimgcodec.DecodeParams(apply_exif_orientation=True, color_spec=nvimgcodec.ColorSpec.SRGB,
+                                              sample_format=nvimgcodec.SampleFormat.I_RGB)
+        self.letterbox = compiled_letterbox()
+        self.readers = ThreadPoolExecutor(workers or os.cpu_count() or 1, thread_name_prefix="gpu-batcher-read")
+        self._alive = []  # decoded images, kept until the kernels that read them have run
+
+    @classmethod
+    def for_engine(cls, runner, input_path, batch_size, **options):
+        """Batches written into a TensorRTRunner's input binding, on its stream."""
+        spec = runner.input_spec()
+        return cls(input_path, runner.input_hw, runner.input_layout, batch_size, spec.dtype, runner.cuda,
+                   runner.stream, runner.device_input, **options)
+
+    def __len__(self):
+        return (len(self.files) + self.batch_size - 1) // self.batch_size
+
+    @property
+    def slot_bytes(self):
+        return self.height * self.width * 3 * self.dtype.itemsize
+
+    def _read(self, path):
+        try:
+            with open(path, "rb") as handle:
+                return handle.read()
+        except OSError as error:
+            return error
+
+    def _decode(self, paths, payloads):
+        """Device images (or None) for `paths`: nvImageCodec in one batch, Pillow for what it cannot decode."""
+        sources = [self.nvimgcodec.CodeStream(data) if isinstance(data, bytes) else None for data in payloads]
+        wanted = [index for index, source in enumerate(sources) if source is not None]
+        images = [None] * len(paths)
+        if wanted:
+            decoded = self.decoder.decode([sources[i] for i in wanted], params=self.params,
+                                          cuda_stream=self.cuda.stream_handle(self.stream))
+            for index, image in zip(wanted, decoded):
+                images[index] = image
+        for index, path in enumerate(paths):
+            if images[index] is None:
+                try:  # what nvImageCodec cannot decode, Pillow may (as the CPU batcher reads it)
+                    pixels = np.ascontiguousarray(np.asarray(load_rgb(path)[0]))
+                    images[index] = self.nvimgcodec.as_image(pixels).cuda()
+                except Exception as error:  # PIL raises many types for broken files
+                    log.warning("skipping unreadable image %s (%s)", path, error)
+                    self.skipped.append(path)
+        return images
+
+    def __iter__(self):
+        start = 0
+        pending = None
+        while start < len(self.files) or pending:
+            if pending is None:
+                paths = self.files[start:start + self.batch_size]
+                pending = (paths, [self.readers.submit(self._read, path) for path in paths])
+                start += len(paths)
+            paths, futures = pending
+            payloads = [future.result() for future in futures]
+            pending = None
+            if start < len(self.files):  # read the next batch's files while this one is on the GPU
+                following = self.files[start:start + self.batch_size]
+                pending = (following, [self.readers.submit(self._read, path) for path in following])
+                start += len(following)
+            images = self._decode(paths, payloads)
+            kept = [(path, image) for path, image in zip(paths, images) if image is not None]
+            if not kept:
+                continue
+            self.cuda.synchronize(self.stream)  # the previous batch's kernels are done with their images
+            self._alive = [image for _, image in kept]
+            target = self.target(len(kept))
+            infos = []
+            for row, (path, image) in enumerate(kept):
+                pointer, (src_h, src_w), row_bytes = _device_array(image)
+                new_w, new_h = automl_fitted_size(src_w, src_h, self.height, self.width)
+                self.letterbox.launch(pointer, (src_h, src_w), row_bytes, target + row * self.slot_bytes,
+                                      (self.height, self.width), (new_h, new_w), self.pad, self.layout, self.dtype,
+                                      self.cuda.stream_handle(self.stream))
+                infos.append(ImageInfo(path, src_w, src_h, new_w / src_w, new_h / src_h))
+            yield len(kept), infos
+        if self.skipped:
+            log.warning("skipped %d unreadable image(s)", len(self.skipped))
+
+    def close(self):
+        self.readers.shutdown(wait=False, cancel_futures=True)
+        self._alive = []
