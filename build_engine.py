@@ -113,8 +113,8 @@ def check_calibration(args, model):
     if not args.calib_input:
         raise UserError(f"--precision {args.precision} needs calibration images (--calib_input) or an existing "
                         "calibration cache (--calib_cache)")
-    from image_batcher import ImageBatcher, Preprocessing, list_images
-    from runners import image_layout, onnx_input_dtype, onnx_input_mean, onnx_input_shape
+    from image_batcher import FAMILY_KEY, ImageBatcher, Preprocessing, list_images
+    from runners import image_layout, onnx_input_dtype, onnx_input_mean, onnx_input_shape, onnx_metadata
 
     shape = onnx_input_shape(model)
     if shape[0] is not None and shape[0] != args.calib_batch_size:
@@ -122,7 +122,8 @@ def check_calibration(args, model):
     layout, size = image_layout(shape, args.onnx)
     batcher = ImageBatcher(args.calib_input, size, layout, args.calib_batch_size, onnx_input_dtype(model),
                            max_num_images=args.calib_num_images, exact_batches=True, shuffle=True,
-                           preprocessing=Preprocessing.for_model(args.preprocessing, onnx_input_mean(model)))
+                           preprocessing=Preprocessing.for_model(args.preprocessing, onnx_input_mean(model),
+                                                                 onnx_metadata(model).get(FAMILY_KEY)))
     found = len(list_images(args.calib_input))
     used = len(batcher.files)
     why = []
@@ -142,14 +143,14 @@ def build(args, model, batcher):
     import cuda_memory
     import trt_adapter
     import trt_builder
-    from runners import engine_metadata_path, onnx_input_dtype
+    from runners import engine_metadata_path, onnx_input_dtype, onnx_metadata
 
     trt = trt_adapter.import_tensorrt()
     trt_adapter.check_input_dtype(onnx_input_dtype(model), args.onnx)
     cuda = cuda_memory.load_cuda()
     cuda_memory.require_gpu(cuda)  # before any TensorRT object: TensorRT without a GPU can crash
     log.info("TensorRT %s", trt.__version__)
-    metadata = {entry.key: entry.value for entry in model.metadata_props}
+    metadata = onnx_metadata(model)
     in_onnx = trt_builder.precision_in_onnx()
     if in_onnx:
         model = graph_to_build(model, args, batcher)

@@ -123,11 +123,13 @@ def main(argv=None):
     else:
         import onnx
 
+        from runners import onnx_metadata
+
         try:
             model = onnx.load(args.onnx, load_external_data=False)
         except Exception as error:  # onnx raises DecodeError and others for a file that is not ONNX
             raise UserError(f"{args.onnx}: not a readable ONNX model ({type(error).__name__})") from None
-        metadata = {entry.key: entry.value for entry in model.metadata_props}
+        metadata = onnx_metadata(model)
         labels.check_label_count(given, metadata, args.labels, args.onnx)
         names = given or labels.from_metadata(metadata)
         io = triton_config.describe_onnx(model, args.onnx, args.max_batch_size or DEFAULT_ONNX_BATCH, names)

@@ -5,12 +5,12 @@ EXIF orientation applied), batched; a file it cannot decode is read by Pillow (a
 and copied up; one neither can read is skipped with a warning, as on the CPU.
 
 Letterbox: one small CUDA kernel, compiled at run time by NVRTC through cuda-python (which the TensorRT
-runner already uses: no extra package), does the `automl` arithmetic of image_batcher.fit_into: the size
-from automl_fitted_size, TensorFlow's half-pixel bilinear taps and lerps in float32 in the same order,
-compiled with --fmad=false so no multiply-add is fused and every step rounds as NumPy's does, padding with
-the model's mean colour, float32 or uint8 (rint, clipped), NHWC or NCHW. On the same decoded pixels it
-equals the CPU batcher bit for bit (tests/test_gpu.py). The `nvidia` method (Pillow's antialiasing
-resize) is not done here: that runs on the CPU.
+runner already uses: no extra package), does the `automl` and `tfod` arithmetic of image_batcher.fit_into:
+the size from automl_fitted_size / tfod_fitted_size (on the host), TensorFlow's bilinear taps (half-pixel,
+or TF1's legacy ones) and lerps in float32 in the same order, compiled with --fmad=false so no
+multiply-add is fused and every step rounds as NumPy's does, padding with the method's colour, float32 or
+uint8 (rint, clipped), NHWC or NCHW. On the same decoded pixels it equals the CPU batcher bit for bit
+(tests/test_gpu.py). The `nvidia` method (Pillow's antialiasing resize) is not done here: it runs on the CPU.
 
 Nothing here runs without an NVIDIA driver; `unavailable_reason()` says why it cannot be used.
 """
@@ -22,7 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from image_batcher import AUTOML, ImageInfo, Preprocessing, automl_fitted_size, list_images, load_rgb
+from image_batcher import (AUTOML, TFOD, ImageInfo, Preprocessing, automl_fitted_size, list_images, load_rgb,
+                           tfod_fitted_size)
 
 log = logging.getLogger("gpu_preprocess")
 
@@ -34,7 +35,7 @@ KERNEL_SOURCE = r"""
 extern "C" __global__ void letterbox(
     const unsigned char* src, int src_h, int src_w, long long row_bytes,
     void* dst, int out_h, int out_w, int new_h, int new_w,
-    float pad0, float pad1, float pad2, int nchw, int as_uint8)
+    float pad0, float pad1, float pad2, int nchw, int as_uint8, int half_pixel)
 {
     int x = blockIdx.x * blockDim.x + threadIdx.x;
     int y = blockIdx.y * blockDim.y + threadIdx.y;
@@ -43,13 +44,13 @@ extern "C" __global__ void letterbox(
     if (x < new_w && y < new_h) {
         /* image_batcher._bilinear_taps, per axis, in float32 */
         float scale_y = (float)src_h / (float)new_h;
-        float pos_y = ((float)y + 0.5f) * scale_y - 0.5f;
+        float pos_y = half_pixel ? ((float)y + 0.5f) * scale_y - 0.5f : (float)y * scale_y;
         float floor_y = floorf(pos_y);
         int top = max((int)floor_y, 0);
         int bottom = (int)fminf(ceilf(pos_y), (float)(src_h - 1));
         float dy = pos_y - floor_y;
         float scale_x = (float)src_w / (float)new_w;
-        float pos_x = ((float)x + 0.5f) * scale_x - 0.5f;
+        float pos_x = half_pixel ? ((float)x + 0.5f) * scale_x - 0.5f : (float)x * scale_x;
         float floor_x = floorf(pos_x);
         int left = max((int)floor_x, 0);
         int right = (int)fminf(ceilf(pos_x), (float)(src_w - 1));
@@ -79,8 +80,9 @@ extern "C" __global__ void letterbox(
 
 def unavailable_reason(preprocessing=None):
     """None when GPU decoding and letterboxing can run here, else why not (one line)."""
-    if preprocessing is not None and preprocessing.method != AUTOML:
-        return f"--preprocessing {preprocessing.method} runs on the CPU (the GPU path does the automl arithmetic)"
+    if preprocessing is not None and preprocessing.method not in (AUTOML, TFOD):
+        return (f"--preprocessing {preprocessing.method} runs on the CPU (the GPU path does the automl and tfod "
+                "arithmetic)")
     try:
         from cuda.bindings import runtime  # pyright: ignore[reportAttributeAccessIssue]
     except ImportError:
@@ -173,14 +175,17 @@ class Letterbox:
         self.kernel = _check(driver.cuModuleGetFunction(self.module, KERNEL_NAME), "cuModuleGetFunction")
         log.debug("letterbox kernel compiled for sm_%d%d", major, minor)
 
-    def launch(self, source, source_hw, row_bytes, target, out_hw, new_hw, pad, layout, dtype, stream):
-        """Letterbox the uint8 RGB image at device pointer `source` into the [H, W] slot at `target`."""
+    def launch(self, source, source_hw, row_bytes, target, out_hw, new_hw, pad, layout, dtype, stream,
+               half_pixel=True):
+        """Letterbox the uint8 RGB image at device pointer `source` into the [H, W] slot at `target`
+        (half_pixel: the automl taps; False: tfod's)."""
         values = [np.array([source], np.uint64), np.array([source_hw[0]], np.int32),
                   np.array([source_hw[1]], np.int32), np.array([row_bytes], np.int64),
                   np.array([target], np.uint64), np.array([out_hw[0]], np.int32), np.array([out_hw[1]], np.int32),
                   np.array([new_hw[0]], np.int32), np.array([new_hw[1]], np.int32),
                   *(np.array([value], np.float32) for value in pad),
-                  np.array([layout == "NCHW"], np.int32), np.array([np.dtype(dtype) == np.uint8], np.int32)]
+                  np.array([layout == "NCHW"], np.int32), np.array([np.dtype(dtype) == np.uint8], np.int32),
+                  np.array([half_pixel], np.int32)]
         addresses = np.array([value.ctypes.data for value in values], np.uint64)
         grid = ((out_hw[1] + BLOCK[0] - 1) // BLOCK[0], (out_hw[0] + BLOCK[1] - 1) // BLOCK[1], 1)
         _check(self.driver.cuLaunchKernel(self.kernel, *grid, *BLOCK, 0, self.driver.CUstream(int(stream)),
@@ -225,6 +230,8 @@ class GpuImageBatcher:
         self.cuda, self.stream, self.target = cuda, stream, target
         self.pad = tuple(float(v) for v in (np.rint(preprocessing.pad) if self.dtype.kind in "iu"
                                             else preprocessing.pad))
+        self.half_pixel = preprocessing.method == AUTOML
+        self.fitted_size = automl_fitted_size if self.half_pixel else tfod_fitted_size
         files = list_images(input_path, recursive)
         self.files = files[:max_num_images] if max_num_images else files
         self.skipped = []
@@ -301,10 +308,10 @@ class GpuImageBatcher:
             infos = []
             for row, (path, image) in enumerate(kept):
                 pointer, (src_h, src_w), row_bytes = _device_array(image)
-                new_w, new_h = automl_fitted_size(src_w, src_h, self.height, self.width)
+                new_w, new_h = self.fitted_size(src_w, src_h, self.height, self.width)
                 self.letterbox.launch(pointer, (src_h, src_w), row_bytes, target + row * self.slot_bytes,
                                       (self.height, self.width), (new_h, new_w), self.pad, self.layout, self.dtype,
-                                      self.cuda.stream_handle(self.stream))
+                                      self.cuda.stream_handle(self.stream), self.half_pixel)
                 infos.append(ImageInfo(path, src_w, src_h, new_w / src_w, new_h / src_h))
             yield len(kept), infos
         if self.skipped:

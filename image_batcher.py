@@ -11,8 +11,17 @@ normalises). Two ways to do that (`Preprocessing`):
   antialiasing) and padding with the model's exact mean colour (AutoML pads
   with zeros after normalising). AutoML normalises before resizing; both are
   linear per channel, so the order changes only float rounding.
+- `tfod`: what a TF2 Object Detection API graph's keep_aspect_ratio_resizer
+  does (core/preprocessor.py resize_to_range, min = max dimension = the
+  input size): TensorFlow 1's resize_images(preserve_aspect_ratio=True), so
+  one float32 scale min(H/h, W/w), sizes round(h * scale) (half to even), the
+  legacy bilinear resize (no half-pixel centres: source = x * in/out), and
+  zero (black) padding in raw pixels, before the feature extractor normalises.
 - `nvidia`: what NVIDIA's sample did: Pillow's bilinear resize (which
   antialiases when shrinking), sizes rounded, padding (124, 116, 104).
+
+`auto` (the scripts' default) takes `tfod` for graphs whose metadata says
+they came from the Object Detection API and `automl` for the others.
 
 Each image also gets its scales, so detections map back to original pixels.
 """
@@ -38,32 +47,42 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 EXTENSIONS_TEXT = "/".join(IMAGE_EXTENSIONS)
 PAD_COLOR = (124, 116, 104)  # NVIDIA's sample: the ImageNet mean RGB, rounded
 IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)  # 0.485, 0.456, 0.406 x 255
-AUTOML, NVIDIA = "automl", "nvidia"
-METHODS = (AUTOML, NVIDIA)
+AUTOML, TFOD, NVIDIA = "automl", "tfod", "nvidia"  # preprocessing methods (not graph families)
+AUTO = "auto"
+METHODS = (AUTOML, TFOD, NVIDIA)
+FAMILY_KEY = "efficientdet_family"  # create_onnx.py's metadata: "automl" or "tfod"
 
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How images are fitted into the model input: method `automl` or `nvidia`, and the padding colour (0-255)."""
+    """How images are fitted into the model input: method `automl`, `tfod` or `nvidia`, and the padding colour
+    (0-255)."""
 
     method: str = AUTOML
     pad: tuple = IMAGENET_MEAN_RGB
 
     @classmethod
     def for_runner(cls, method, runner):
-        """for_model with the mean the runner reads from its model (an engine does not keep it: ImageNet's)."""
-        if method == AUTOML and runner.input_mean is None:
+        """for_model with the mean and family the runner reads from its model (an engine keeps its ONNX's
+        metadata beside it; without a mean, ImageNet's)."""
+        family = runner.metadata.get(FAMILY_KEY)
+        if method in (AUTO, AUTOML) and family != "tfod" and runner.input_mean is None:
             log.info("%s does not say its normalisation mean: padding with the ImageNet mean %s", runner.name,
                      IMAGENET_MEAN_RGB)
-        return cls.for_model(method, runner.input_mean)
+        return cls.for_model(method, runner.input_mean, family)
 
     @classmethod
-    def for_model(cls, method, mean_rgb=None):
-        """`automl` pads with the model's mean colour (ImageNet's when unknown); `nvidia` with its fixed colour."""
+    def for_model(cls, method, mean_rgb=None, family=None):
+        """`automl` pads with the model's mean colour (ImageNet's when unknown), `tfod` with black, `nvidia`
+        with its fixed colour; `auto` is `tfod` for a TFOD graph (`family`), else `automl`."""
+        if method == AUTO:
+            method = TFOD if family == "tfod" else AUTOML
         if method not in METHODS:
             raise ValueError(f"preprocessing must be one of {METHODS}, not {method!r}")
         if method == NVIDIA:
             return cls(NVIDIA, PAD_COLOR)
+        if method == TFOD:
+            return cls(TFOD, (0.0, 0.0, 0.0))
         return cls(AUTOML, tuple(float(v) for v in (IMAGENET_MEAN_RGB if mean_rgb is None else mean_rgb)))
 
 
@@ -161,18 +180,30 @@ def automl_fitted_size(original_w, original_h, height, width):
     return min(width, max(1, new_w)), min(height, max(1, new_h))
 
 
-def _bilinear_taps(in_size, out_size):
-    """Source rows (lower, upper) and weights of TensorFlow's half-pixel-centre bilinear resize, in float32."""
+def tfod_fitted_size(original_w, original_h, height, width):
+    """TF1 resize_images(preserve_aspect_ratio=True) in float32: (new_w, new_h) = round(size * min(H/h, W/w)),
+    rounded half to even as tf.round does."""
+    scale = min(np.float32(height) / np.float32(original_h), np.float32(width) / np.float32(original_w))
+    new_w = int(np.rint(np.float32(original_w) * scale))
+    new_h = int(np.rint(np.float32(original_h) * scale))
+    return min(width, max(1, new_w)), min(height, max(1, new_h))
+
+
+def _bilinear_taps(in_size, out_size, half_pixel=True):
+    """Source rows (lower, upper) and weights of TensorFlow's bilinear resize, in float32: half-pixel centres
+    (tf.image.resize), or TF1's legacy source = x * in/out (resize_images, half_pixel=False)."""
     scale = np.float32(in_size) / np.float32(out_size)
-    position = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+    steps = np.arange(out_size, dtype=np.float32)
+    position = (steps + np.float32(0.5)) * scale - np.float32(0.5) if half_pixel else steps * scale
     floor = np.floor(position)
     lower = np.maximum(floor, 0).astype(np.intp)
     upper = np.minimum(np.ceil(position), in_size - 1).astype(np.intp)
     return lower, upper, (position - floor).astype(np.float32)
 
 
-def resize_bilinear_tf(pixels, new_h, new_w, out=None):
-    """[h, w, 3] -> float32 [new_h, new_w, 3] as tf.image.resize(method=bilinear, antialias=False) computes it.
+def resize_bilinear_tf(pixels, new_h, new_w, out=None, half_pixel=True):
+    """[h, w, 3] -> float32 [new_h, new_w, 3] as tf.image.resize(method=bilinear, antialias=False) computes it
+    (half_pixel=False: as TF1's resize_images / resize_bilinear(half_pixel_centers=False) does).
 
     TensorFlow's float32 arithmetic in its order (x first: top + (bottom - top) * dy of left + (right - left)
     * dx), so the result is bit-identical to it. Speed: the taps are gathered with np.take in the image's own
@@ -182,8 +213,8 @@ def resize_bilinear_tf(pixels, new_h, new_w, out=None):
     receives the last step directly.
     """
     image = np.asarray(pixels)
-    top, bottom, weight_y = _bilinear_taps(image.shape[0], new_h)
-    left, right, weight_x = _bilinear_taps(image.shape[1], new_w)
+    top, bottom, weight_y = _bilinear_taps(image.shape[0], new_h, half_pixel)
+    left, right, weight_x = _bilinear_taps(image.shape[1], new_w, half_pixel)
     rows, columns = np.concatenate([top, bottom]), np.concatenate([left, right])
     if len(rows) * image.shape[1] <= image.shape[0] * len(columns):
         taps = np.take(np.take(image, rows, axis=0), columns, axis=1)
@@ -210,12 +241,14 @@ def fit_into(image, original_size, out, layout, preprocessing=Preprocessing()):
     height, width = (out.shape[0], out.shape[1]) if layout == "NHWC" else (out.shape[1], out.shape[2])
     integer = np.dtype(out.dtype).kind in "iu"  # uint8 batches: float values rounded to the nearest
     view = out if layout == "NHWC" else out.transpose(1, 2, 0)
-    if preprocessing.method == AUTOML:
-        new_w, new_h = automl_fitted_size(original_size[0], original_size[1], height, width)
+    if preprocessing.method in (AUTOML, TFOD):
+        fitted = automl_fitted_size if preprocessing.method == AUTOML else tfod_fitted_size
+        half_pixel = preprocessing.method == AUTOML
+        new_w, new_h = fitted(original_size[0], original_size[1], height, width)
         if out.dtype == np.float32:
-            resize_bilinear_tf(np.asarray(image), new_h, new_w, out=view[:new_h, :new_w])
+            resize_bilinear_tf(np.asarray(image), new_h, new_w, out=view[:new_h, :new_w], half_pixel=half_pixel)
         else:
-            resized = resize_bilinear_tf(np.asarray(image), new_h, new_w)
+            resized = resize_bilinear_tf(np.asarray(image), new_h, new_w, half_pixel=half_pixel)
             view[:new_h, :new_w] = np.clip(np.rint(resized, out=resized), 0, 255, out=resized) if integer else resized
     else:
         new_w, new_h = fitted_size(original_size[0], original_size[1], height, width)
@@ -236,11 +269,13 @@ def fit_image(image, height, width, preprocessing=Preprocessing()):
 
 
 def add_preprocessing_argument(parser):
-    """The scripts' --preprocessing option (automl, the default, measured closest to TensorFlow)."""
-    parser.add_argument("--preprocessing", choices=list(METHODS), default=AUTOML,
+    """The scripts' --preprocessing option (auto, the default: what the model's own SavedModel does)."""
+    parser.add_argument("--preprocessing", choices=[AUTO, *METHODS], default=AUTO,
                         help="how images are fitted into the input: automl (AutoML's own resize arithmetic, "
-                        "TensorFlow's bilinear resize, padding with the model's mean colour: what the SavedModel "
-                        "does) or nvidia (NVIDIA's sample: Pillow's resize, padding 124,116,104)")
+                        "TensorFlow's bilinear resize, padding with the model's mean colour), tfod (the Object "
+                        "Detection API's keep_aspect_ratio_resizer: TF1's resize, black padding), nvidia (NVIDIA's "
+                        "sample: Pillow's resize, padding 124,116,104); auto: tfod for TF2 Object Detection API "
+                        "graphs, automl for the others (each what its SavedModel does)")
 
 
 class ImageBatcher:

@@ -63,6 +63,11 @@ def onnx_input_mean(model):
     return None
 
 
+def onnx_metadata(model):
+    """An ONNX model's metadata_props as a dict (create_onnx.py writes num_classes, efficientdet_family, ...)."""
+    return {entry.key: entry.value for entry in model.metadata_props}
+
+
 def cpu_session_options(layout_optimizations=True):
     """ONNX Runtime CPU session options for the converted graphs.
 
@@ -178,7 +183,7 @@ class OnnxCpuRunner(Runner):
             raise UserError(f"{self.path}: not a readable ONNX model ({type(error).__name__}); "
                             "re-create it with create_onnx.py") from None
         self.input_mean = onnx_input_mean(model)
-        self.metadata = {entry.key: entry.value for entry in model.metadata_props}
+        self.metadata = onnx_metadata(model)
         model = self._cut_at_plugin(model)
         options = cpu_session_options(self.layout_optimizations)
         if self.threads:

@@ -11,7 +11,7 @@ from PIL import Image
 import cuda_memory
 import gpu_preprocess
 from common import UserError
-from image_batcher import ImageBatcher, Preprocessing, automl_fitted_size, fit_into, load_rgb
+from image_batcher import ImageBatcher, Preprocessing, automl_fitted_size, fit_into, load_rgb, tfod_fitted_size
 from synthetic_images import make_image
 
 
@@ -65,7 +65,7 @@ def test_pinned_device_round_trip_and_cuda_graph_replay(cuda):
         backend.free_pinned(back)
 
 
-def _gpu_letterbox(cuda, pixels, shape, layout, dtype, pad):
+def _gpu_letterbox(cuda, pixels, shape, layout, dtype, pad, method):
     """The kernel on `pixels` (uint8 [h, w, 3] uploaded as they are) into a poisoned [1, ...] batch slot."""
     backend, stream = cuda
     height, width = shape
@@ -78,9 +78,11 @@ def _gpu_letterbox(cuda, pixels, shape, layout, dtype, pad):
         host_out[...] = 77  # poison: every value must be written
         backend.copy_to_device(source, host_in, stream)
         backend.copy_to_device(target, host_out, stream)
-        new_w, new_h = automl_fitted_size(pixels.shape[1], pixels.shape[0], height, width)
+        fitted = automl_fitted_size if method == "automl" else tfod_fitted_size
+        new_w, new_h = fitted(pixels.shape[1], pixels.shape[0], height, width)
         gpu_preprocess.compiled_letterbox().launch(source, pixels.shape[:2], pixels.shape[1] * 3, target, shape,
-                                          (new_h, new_w), pad, layout, dtype, backend.stream_handle(stream))
+                                                   (new_h, new_w), pad, layout, dtype, backend.stream_handle(stream),
+                                                   half_pixel=method == "automl")
         backend.copy_to_host(host_out, target, stream)
         backend.synchronize(stream)
         return np.array(host_out[0])
@@ -96,19 +98,20 @@ SIZES = [((1, 1), (512, 512)), ((1000, 600), (512, 512)), ((4000, 3000), (512, 5
          ((200, 150), (512, 512)), ((1000, 600), (384, 640)), ((333, 777), (320, 320))]
 
 
+@pytest.mark.parametrize("method", ["automl", "tfod"])
 @pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
 @pytest.mark.parametrize("dtype", [np.float32, np.uint8])
 @pytest.mark.parametrize("size,model", SIZES)
-def test_the_letterbox_kernel_equals_the_cpu_automl_batch(cuda, size, model, dtype, layout):
+def test_the_letterbox_kernel_equals_the_cpu_batch(cuda, size, model, dtype, layout, method):
     image = make_image(size[0], size[1], seed=size[0] + size[1])[0]
-    preprocessing = Preprocessing.for_model("automl", (123.675, 116.28, 103.53))
+    preprocessing = Preprocessing.for_model(method, (123.675, 116.28, 103.53))
     slot = (model[0], model[1], 3) if layout == "NHWC" else (3, model[0], model[1])
     expected = np.empty(slot, dtype)
     fit_into(image, image.size, expected, layout, preprocessing)
     pad = np.rint(preprocessing.pad) if np.dtype(dtype) == np.uint8 else preprocessing.pad
-    ours = _gpu_letterbox(cuda, np.asarray(image), model, layout, dtype, tuple(float(v) for v in pad))
+    ours = _gpu_letterbox(cuda, np.asarray(image), model, layout, dtype, tuple(float(v) for v in pad), method)
     delta = np.abs(ours.astype(np.float64) - expected.astype(np.float64)).max()
-    print(f"{size} -> {model} {np.dtype(dtype).name} {layout}: max |delta| {delta}")
+    print(f"{method} {size} -> {model} {np.dtype(dtype).name} {layout}: max |delta| {delta}")
     assert delta <= 1e-3
     assert np.array_equal(ours, expected)  # the same float32 steps: bit for bit
 

@@ -117,6 +117,44 @@ def test_automl_preprocessing_equals_automl_own_graph(tmp_path, original, model_
     assert np.abs(ours[new_h:]).max(initial=0) == 0 and np.abs(ours[:, new_w:]).max(initial=0) == 0
 
 
+# (width, height): landscape, portrait, smaller and larger than the model, square, 1x1, very thin.
+TFOD_SIZES = [(800, 600), (600, 800), (1920, 1080), (300, 200), (200, 300), (512, 512), (1, 1), (1000, 37)]
+
+
+@pytest.mark.parametrize("original", TFOD_SIZES)
+@pytest.mark.parametrize("size", [512, 384])
+def test_tfod_preprocessing_equals_the_object_detection_apis_own(tmp_path, original, size):
+    """The tfod canvas equals TFOD's keep_aspect_ratio_resizer (core/preprocessor.resize_to_range with
+    min = max dimension, zero padding) on the raw image, run by TensorFlow."""
+    import os
+
+    os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")  # the API's stale protobuf modules
+    import tensorflow as tf
+    from object_detection.core import preprocessor
+
+    from synthetic_images import make_image
+
+    image, _ = make_image(*original, seed=11)
+    image.save(tmp_path / "a.png")
+    array, infos = next(iter(ImageBatcher(str(tmp_path / "a.png"), (size, size), "NHWC",
+                                          preprocessing=Preprocessing.for_model("auto", family="tfod"))))
+    theirs, _ = preprocessor.resize_to_range(tf.cast(tf.constant(np.asarray(image)), tf.float32),
+                                             min_dimension=size, max_dimension=size, pad_to_max_dimension=True)
+    assert np.abs(array[0] - theirs.numpy()).max() <= 1e-4
+    resized = [round(infos[0].scale_y * original[1]), round(infos[0].scale_x * original[0])]
+    assert np.all(theirs.numpy()[resized[0]:] == 0) and np.all(theirs.numpy()[:, resized[1]:] == 0)
+
+
+def test_legacy_bilinear_resize_is_tf1s_to_the_bit():
+    import tensorflow as tf
+
+    pixels = np.random.default_rng(1).integers(0, 256, (480, 640, 3)).astype(np.uint8)
+    for out_hw in [(384, 512), (512, 683), (3, 4)]:
+        theirs = tf.compat.v1.image.resize_bilinear(tf.cast(pixels, tf.float32)[None], out_hw,
+                                                    half_pixel_centers=False).numpy()[0]
+        assert np.array_equal(resize_bilinear_tf(pixels, *out_hw, half_pixel=False), theirs)
+
+
 @pytest.mark.parametrize("in_hw,out_hw", [((480, 640), (384, 512)), ((100, 37), (512, 190)), ((7, 9), (3, 4))])
 def test_bilinear_resize_is_tensorflows_to_the_bit(in_hw, out_hw):
     import tensorflow as tf
