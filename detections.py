@@ -82,7 +82,8 @@ def write_tsv(path, detections):
 
 def read_tsv(path):
     """Parse a results file written by write_tsv back into Detections."""
-    rows = [line.split("\t") for line in open(path, encoding="utf-8").read().splitlines() if line.strip()]
+    with open(path, encoding="utf-8") as handle:
+        rows = [line.split("\t") for line in handle.read().splitlines() if line.strip()]
     if not rows:
         return Detections(np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64))
     values = np.array([[float(v) for v in row[:5]] for row in rows])

@@ -220,11 +220,12 @@ def resize_bilinear_tf(pixels, new_h, new_w, out=None, half_pixel=True):
         taps = np.take(np.take(image, rows, axis=0), columns, axis=1)
     else:
         taps = np.take(np.take(image, columns, axis=1), rows, axis=0)
-    # [2 * new_h, 2 * new_w, 3] (top; bottom) x (left | right), to two contiguous float32 halves
-    start, across = taps[:, :new_w].astype(np.float32), taps[:, new_w:].astype(np.float32)
-    across -= start
+    # [2 * new_h, 2 * new_w, 3] (top; bottom) x (left | right); the uint8 values become float32 inside the
+    # ufuncs (exactly), without converted copies
+    start, end = taps[:, :new_w], taps[:, new_w:]
+    across = np.subtract(end, start, dtype=np.float32)
     across *= np.repeat(weight_x, 3).reshape(new_w, 3)  # broadcast over the leading axis only: a faster loop
-    across += start  # start + (end - start) * dx
+    np.add(across, start, out=across)  # start + (end - start) * dx
     upper, lower = across[:new_h], across[new_h:]
     lower -= upper
     lower *= weight_y[:, None, None]

@@ -9,7 +9,11 @@ they hold:
   plugin nodes (EfficientNMS_TRT, BatchedNMS_TRT) are run by the NumPy
   references in nms_reference.py: the graph is cut at the plugin's inputs,
   ONNX Runtime computes them, and the reference finishes the job.
-- The TensorRT runner (trt_runtime.py) has the same interface.
+- `TensorRTRunner` runs an engine through trt_adapter.py (TensorRT 8.6-11.x) with
+  buffers from cuda_memory.py; with GPU preprocessing (gpu_preprocess.py) its
+  input is written on the GPU (device_input / infer_device).
+- `TFSavedModelRunner` runs the SavedModel itself in TensorFlow (compare_tf.py,
+  tests).
 """
 
 import logging
@@ -102,10 +106,10 @@ class Runner:
 
     name = "runner"
     input_mean = None  # RGB mean (0-255) the model normalises with, when the runner can tell
-    metadata = {}  # what create_onnx.py recorded about the model (num_classes, class_names, ...), when known
 
     def __init__(self):
         self.is_active = False
+        self.metadata = {}  # what create_onnx.py recorded about the model (num_classes, class_names, ...)
 
     def activate(self):
         if not self.is_active:
@@ -169,7 +173,6 @@ class OnnxCpuRunner(Runner):
         self.name = f"onnxruntime-cpu:{os.path.basename(onnx_path)}"
         self.session = None
         self.plugin = None  # (op, attrs, [input names or constants], output names)
-        self.metadata = {}  # the ONNX's metadata_props (create_onnx writes num_classes, input_layout, ...)
 
     def activate_impl(self):
         import onnx

@@ -1,6 +1,7 @@
 """TensorFlow SavedModel -> raw ONNX (tf2onnx), and what the TF graph says about itself.
 
-This is the only module that imports TensorFlow and tf2onnx.
+With runners.TFSavedModelRunner, the only modules that import TensorFlow (inside
+their functions), and the only one that imports tf2onnx.
 """
 
 import contextlib

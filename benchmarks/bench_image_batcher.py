@@ -96,6 +96,50 @@ def compare_dtypes(label, folder, shape, layout, batch_size, count, repeats, pre
           f"x{rates['uint8'] / rates['float32']:4.2f} | max |diff| {diff:.2f}")
 
 
+def plain_resize_bilinear_tf(image, new_h, new_w):
+    """The automl resize as first written (fancy indexing, a converted copy per step): the reference the
+    faster image_batcher.resize_bilinear_tf is checked against. Kept independent on purpose."""
+    from image_batcher import _bilinear_taps
+
+    top, bottom, weight_y = _bilinear_taps(image.shape[0], new_h)
+    left, right, weight_x = _bilinear_taps(image.shape[1], new_w)
+
+    def along_x(rows):
+        start, end = rows[:, left].astype(np.float32), rows[:, right].astype(np.float32)
+        return start + (end - start) * weight_x[None, :, None]
+
+    upper, lower = along_x(image[top]), along_x(image[bottom])
+    return upper + (lower - upper) * weight_y[:, None, None]
+
+
+def automl_exactness(folder, shape, count):
+    """max |difference| of the batcher's automl resize from the plain formulation and from tf.image.resize."""
+    import tensorflow as tf
+
+    from image_batcher import automl_fitted_size, resize_bilinear_tf
+
+    from_plain = from_tf = 0.0
+    for path in list_images(folder)[:count]:
+        pixels = np.asarray(Image.open(path).convert("RGB"))
+        new_w, new_h = automl_fitted_size(pixels.shape[1], pixels.shape[0], *shape)
+        ours = resize_bilinear_tf(pixels, new_h, new_w)
+        from_plain = max(from_plain, float(np.abs(ours - plain_resize_bilinear_tf(pixels, new_h, new_w)).max()))
+        theirs = tf.image.resize(tf.cast(pixels, tf.float32), (new_h, new_w), method="bilinear").numpy()
+        from_tf = max(from_tf, float(np.abs(ours - theirs).max()))
+    return from_plain, from_tf
+
+
+def worker_scaling(label, folder, shape, batch_size, count, repeats):
+    """automl ImageBatcher images/s with 1, 2 and all cores' worker threads."""
+    counts = sorted({1, 2, os.cpu_count() or 1})
+    rates = []
+    for workers in counts:
+        rates.append(max(timed((b for b, _ in ImageBatcher(folder, shape, "NHWC", batch_size, workers=workers,
+                                                           preprocessing=Preprocessing())), count)[0]
+                         for _ in range(repeats)))
+    print(f"{label:44s} " + " | ".join(f"{w} worker(s) {r:6.1f} img/s" for w, r in zip(counts, rates)))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--count", type=int, default=96, help="COCO-sized images (640x480)")
@@ -119,6 +163,13 @@ def main():
                 args.repeats, preprocessing=Preprocessing())
         compare("3000x2000 JPEG, NHWC, automl preprocessing", large, shape, "NHWC", args.batch_size, args.large,
                 args.repeats, preprocessing=Preprocessing())
+        print("\nautoml preprocessing by worker threads:")
+        worker_scaling("640x480 JPEG, NHWC", small, shape, args.batch_size, args.count, args.repeats)
+        worker_scaling("3000x2000 JPEG, NHWC", large, shape, args.batch_size, args.large, args.repeats)
+        for label, folder in (("640x480", small), ("3000x2000", large)):
+            from_plain, from_tf = automl_exactness(folder, shape, 8)
+            print(f"automl resize of {label} JPEGs: max |diff| from the plain formulation {from_plain:.1e}, "
+                  f"from tf.image.resize {from_tf:.1e}")
         print(f"\nuint8 against float32 batches (batch {args.batch_size}; bytes per batch):")
         for method in (AUTOML, NVIDIA):
             compare_dtypes(f"640x480 JPEG, NHWC, {method} preprocessing", small, shape, "NHWC", args.batch_size,
