@@ -198,6 +198,14 @@ def compiled_letterbox():
     return Letterbox()
 
 
+@functools.lru_cache(maxsize=None)
+def shared_decoder():
+    """One nvImageCodec decoder per process: its first decode sets up nvJPEG (hundreds of ms)."""
+    from nvidia import nvimgcodec  # pyright: ignore[reportMissingImports]
+
+    return nvimgcodec.Decoder()
+
+
 def _device_array(image):
     """(pointer, (height, width), row bytes) of an interleaved uint8 RGB nvImageCodec device image."""
     interface = image.__cuda_array_interface__
@@ -235,12 +243,13 @@ class GpuImageBatcher:
         files = list_images(input_path, recursive)
         self.files = files[:max_num_images] if max_num_images else files
         self.skipped = []
-        self.decoder = nvimgcodec.Decoder()
+        self.decoder = shared_decoder()
         self.params = nvimgcodec.DecodeParams(apply_exif_orientation=True, color_spec=nvimgcodec.ColorSpec.SRGB,
                                               sample_format=nvimgcodec.SampleFormat.I_RGB)
         self.letterbox = compiled_letterbox()
         self.readers = ThreadPoolExecutor(workers or os.cpu_count() or 1, thread_name_prefix="gpu-batcher-read")
         self._alive = []  # decoded images, kept until the kernels that read them have run
+        self._reusable = []  # the previous batch's decoded images: their device buffers are reused
 
     @classmethod
     def for_engine(cls, runner, input_path, batch_size, **options):
@@ -269,8 +278,10 @@ class GpuImageBatcher:
         wanted = [index for index, source in enumerate(sources) if source is not None]
         images = [None] * len(paths)
         if wanted:
-            decoded = self.decoder.decode([sources[i] for i in wanted], params=self.params,
+            reuse = self._reusable[:len(wanted)] if len(self._reusable) >= len(wanted) else None
+            decoded = self.decoder.decode([sources[i] for i in wanted], images=reuse, params=self.params,
                                           cuda_stream=self.cuda.stream_handle(self.stream))
+            self._reusable = [image for image in decoded if image is not None] if reuse is None else self._reusable
             for index, image in zip(wanted, decoded):
                 images[index] = image
         for index, path in enumerate(paths):
@@ -298,11 +309,11 @@ class GpuImageBatcher:
                 following = self.files[start:start + self.batch_size]
                 pending = (following, [self.readers.submit(self._read, path) for path in following])
                 start += len(following)
+            self.cuda.synchronize(self.stream)  # the previous batch's kernels are done with the images reused
             images = self._decode(paths, payloads)
             kept = [(path, image) for path, image in zip(paths, images) if image is not None]
             if not kept:
                 continue
-            self.cuda.synchronize(self.stream)  # the previous batch's kernels are done with their images
             self._alive = [image for _, image in kept]
             target = self.target(len(kept))
             infos = []
@@ -319,4 +330,4 @@ class GpuImageBatcher:
 
     def close(self):
         self.readers.shutdown(wait=False, cancel_futures=True)
-        self._alive = []
+        self._alive, self._reusable = [], []
