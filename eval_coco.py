@@ -60,7 +60,7 @@ def main(argv=None):
     import coco_eval
     import gpu_preprocess
     from detections import coco_results, split_batch
-    from image_batcher import ImageBatcher, Preprocessing, check_input_path
+    from image_batcher import Preprocessing, check_input_path
     from infer import check_model_arguments, open_runner
     from labels import check_label_count, from_metadata, read_labels
 
@@ -93,14 +93,9 @@ def main(argv=None):
         spec = runner.input_spec()
         batch_size = args.batch_size or runner.fixed_batch or 1
         preprocessing = Preprocessing.for_runner(args.preprocessing, runner)
-        engine = gpu_preprocess.engine_for_gpu(args.preprocess_on, runner, preprocessing)
-        if engine:
-            batcher = gpu_preprocess.GpuImageBatcher.for_engine(
-                engine, args.input, batch_size, max_num_images=args.max_images, workers=args.workers,
-                preprocessing=preprocessing)
-        else:
-            batcher = ImageBatcher(args.input, runner.input_hw, runner.input_layout, batch_size, spec.dtype,
-                                   max_num_images=args.max_images, workers=args.workers, preprocessing=preprocessing)
+        batcher, engine = gpu_preprocess.batcher_for(runner, args.preprocess_on, preprocessing, args.input,
+                                                     batch_size, max_num_images=args.max_images,
+                                                     workers=args.workers)
         unknown = [p for p in batcher.files if os.path.basename(p) not in ids_by_name]
         if unknown:
             log.warning("%d image(s) are not in %s and are skipped: %s", len(unknown), args.annotations,

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from image_batcher import (AUTOML, TFOD, ImageInfo, Preprocessing, automl_fitted_size, list_images, load_rgb,
+from image_batcher import (AUTOML, TFOD, ImageBatcher, ImageInfo, Preprocessing, automl_fitted_size, list_images, load_rgb,
                            tfod_fitted_size)
 
 log = logging.getLogger("gpu_preprocess")
@@ -134,6 +134,17 @@ def engine_for_gpu(choice, runner, preprocessing):
         return None
     log.info("preprocessing on the GPU (nvImageCodec decode, letterbox kernel)")
     return runner
+
+
+def batcher_for(runner, choice, preprocessing, input_path, batch_size, draft=False, **options):
+    """(batcher, engine) for a script's --preprocess_on `choice`: a GpuImageBatcher writing into the engine's
+    input (run it with engine.infer_device()), or the CPU ImageBatcher and None (run runner.infer)."""
+    engine = engine_for_gpu(choice, runner, preprocessing)
+    if engine:
+        return GpuImageBatcher.for_engine(engine, input_path, batch_size, preprocessing=preprocessing,
+                                          **options), engine
+    return ImageBatcher(input_path, runner.input_hw, runner.input_layout, batch_size, runner.input_spec().dtype,
+                        draft=draft, preprocessing=preprocessing, **options), None
 
 
 def _check(result, what):

@@ -149,7 +149,7 @@ def main(argv=None):
 
     from detections import coco_results, split_batch, write_tsv
     import gpu_preprocess
-    from image_batcher import ImageBatcher, Preprocessing, check_input_path, load_rgb
+    from image_batcher import Preprocessing, check_input_path, load_rgb
     from labels import check_label_count, model_labels, read_labels
     from visualize import visualize_detections
 
@@ -179,15 +179,9 @@ def main(argv=None):
             benchmark(runner, batch_size, args.warmup, args.iterations)
             return 0
         preprocessing = Preprocessing.for_runner(args.preprocessing, runner)
-        engine = gpu_preprocess.engine_for_gpu(args.preprocess_on, runner, preprocessing)
-        if engine:
-            batcher = gpu_preprocess.GpuImageBatcher.for_engine(
-                engine, args.input, batch_size, max_num_images=args.max_images, recursive=args.recursive,
-                workers=args.workers, preprocessing=preprocessing)
-        else:
-            batcher = ImageBatcher(args.input, runner.input_hw, runner.input_layout, batch_size, spec.dtype,
-                                   max_num_images=args.max_images, recursive=args.recursive, workers=args.workers,
-                                   draft=args.draft, preprocessing=preprocessing)
+        batcher, engine = gpu_preprocess.batcher_for(
+            runner, args.preprocess_on, preprocessing, args.input, batch_size, draft=args.draft,
+            max_num_images=args.max_images, recursive=args.recursive, workers=args.workers)
         stems = output_stems(batcher.files, args.input)
         check_inputs_not_overwritten(stems, args.output, [args.results_json])
         prepare_output_folder(args.output, "--output")
