@@ -23,6 +23,7 @@ from calibration import CACHE_KINDS
 from common import (ArgumentParser, UserError, check_not_an_input, check_output_file, positive_float, positive_int,
                     run_cli, setup_logging, write_bytes_atomic)
 from image_batcher import add_preprocessing_argument
+from runners import load_detector_onnx
 from self_check import write_checked_onnx
 
 log = logging.getLogger("build_engine")
@@ -42,18 +43,6 @@ def parse_batch_range(text):
     return tuple(values)
 
 
-def load_onnx(path):
-    import onnx
-
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: no such ONNX file; create it with create_onnx.py")
-    try:
-        return onnx.load(path)
-    except Exception as error:
-        raise UserError(f"{path}: not a readable ONNX model ({type(error).__name__}); re-create it with "
-                        "create_onnx.py") from None
-
-
 def check_outputs(args):
     """Every file this run will write, checked before the ONNX is read; none may be an input or lie in the
     calibration image folder (the timing cache is read and written: it is its own input)."""
@@ -69,8 +58,7 @@ def check_outputs(args):
     for path, flag in outputs:
         if not path:
             continue
-        check_not_an_input(path, flag, inputs)
-        check_output_file(path, flag)
+        check_output_file(path, flag, inputs)
 
 
 def check_source_precision(model, path, precision):
@@ -212,7 +200,7 @@ def main(argv=None):
     if not args.engine and not args.save_onnx:
         raise UserError("give --engine (build an engine) and/or --save_onnx (write the graph to build)")
     check_outputs(args)
-    model = load_onnx(args.onnx)
+    model = load_detector_onnx(args.onnx)
     check_source_precision(model, args.onnx, args.precision)
     batcher = check_calibration(args, model)
     if not args.engine:

@@ -120,8 +120,13 @@ def _probe_writable(folder, path):
         raise UserError(f"{path}: cannot write in {folder} ({error.strerror}); choose a writable location") from None
 
 
-def check_output_file(path, flag):
-    """Fail now, before any slow work, if `path` (given with `flag`) cannot be written."""
+def check_output_file(path, flag, inputs=None):
+    """Fail now, before any slow work, if `path` (given with `flag`) cannot be written.
+
+    With `inputs` (see check_not_an_input) it may not be one of them either.
+    """
+    if inputs:
+        check_not_an_input(path, flag, inputs)
     if os.path.isdir(path):
         raise UserError(f"{path}: is a folder; {flag} takes a file name")
     folder = os.path.dirname(os.path.abspath(path))

@@ -114,19 +114,23 @@ def main(argv=None):
     setup_logging(args.verbose)
     if args.layers and not args.onnx:
         raise UserError("--layers compares the ONNX graph's tensors with TensorFlow's: give --onnx")
+    from image_batcher import check_input_path
+    from tf_to_onnx import check_saved_model_path
+
+    check_saved_model_path(args.saved_model)  # the inputs first: loading the models takes seconds
+    check_input_path(args.input)
     if args.layers:
         return compare_layers(args)
 
     import coco_eval
     from detections import Detections, coco_results, match_detections, split_batch
-    from image_batcher import ImageBatcher, ImageInfo, Preprocessing, check_input_path, load_rgb
+    from image_batcher import ImageBatcher, ImageInfo, Preprocessing, load_rgb
     from infer import check_model_arguments, check_separate_folders, open_runner
     from labels import check_label_count, model_labels, read_labels
     from runners import TFSavedModelRunner
     from visualize import concat_visualizations, visualize_detections
 
     check_model_arguments(args)
-    check_input_path(args.input)
     given_labels = read_labels(args.labels) if args.labels else None
     if args.output:
         check_separate_folders(args.input, args.output)

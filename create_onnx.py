@@ -21,7 +21,7 @@ from typing import Optional
 
 import numpy as np
 
-from common import (ArgumentParser, UserError, check_not_an_input, check_output_file, positive_int, run_cli, setup_logging,
+from common import (ArgumentParser, UserError, check_output_file, positive_int, run_cli, setup_logging,
                     unit_interval, write_bytes_atomic)
 from self_check import write_checked_onnx
 
@@ -60,7 +60,8 @@ def parse_input_shape(text, input_format=None):
     else:
         channels, height, width = dims
     if channels != 3:
-        raise UserError(f"--input_shape {text!r}: {layout} needs 3 channels in the {'last' if layout == 'NHWC' else 'second'} place")
+        place = "last" if layout == "NHWC" else "second"
+        raise UserError(f"--input_shape {text!r}: {layout} needs 3 channels in the {place} place")
     return batch, height, width, layout
 
 
@@ -174,7 +175,7 @@ def build_graph(converted, input_shape=None, input_format=None, input_size=None,
 
     class_names, if given, are stored in the graph's metadata (labels.py) and must be one per class.
     """
-    import onnx_graphsurgeon as gs
+    from graph_surgery import gs
 
     import graph_surgery as surgery
     import labels
@@ -320,11 +321,9 @@ def main(argv=None):
                   args.onnx_nms)
     class_names = labels.read_labels(args.labels) if args.labels else None
     inputs = {"--saved_model": args.saved_model, "--labels": args.labels}
-    check_output_file(args.onnx, "--onnx")
-    check_not_an_input(args.onnx, "--onnx", inputs)
+    check_output_file(args.onnx, "--onnx", inputs)
     if args.tf2onnx:
-        check_output_file(args.tf2onnx, "--tf2onnx")
-        check_not_an_input(args.tf2onnx, "--tf2onnx", inputs)
+        check_output_file(args.tf2onnx, "--tf2onnx", inputs)
     if os.path.realpath(args.onnx) == os.path.realpath(args.tf2onnx or ""):
         raise UserError(f"{args.onnx}: --onnx and --tf2onnx name the same file; give them different names")
     converted = convert_saved_model(args.saved_model, args.tf2onnx, args.opset, args.full_graph)

@@ -14,7 +14,7 @@ import time
 
 from tqdm import tqdm
 
-from common import (ArgumentParser, UserError, atomic_output, check_not_an_input, check_output_file, positive_int, run_cli, setup_logging,
+from common import (ArgumentParser, UserError, atomic_output, check_output_file, positive_int, run_cli, setup_logging,
                     unit_interval)
 from gpu_preprocess import add_device_argument
 from image_batcher import add_preprocessing_argument
@@ -72,11 +72,9 @@ def main(argv=None):
     inputs = {"--input": args.input, "--annotations": args.annotations, "--engine": args.engine,
               "--onnx": args.onnx, "--labels": args.labels}
     if args.results:
-        check_output_file(args.results, "--results")
-        check_not_an_input(args.results, "--results", inputs)
+        check_output_file(args.results, "--results", inputs)
     if plot:
-        check_output_file(plot, "--plot")
-        check_not_an_input(plot, "--plot", inputs)
+        check_output_file(plot, "--plot", inputs)
     coco = coco_eval.load_annotations(args.annotations)
     ids_by_name = {image["file_name"]: image["id"] for image in coco.dataset["images"]}
     given_labels = read_labels(args.labels) if args.labels else None

@@ -104,6 +104,8 @@ def main(argv=None):
     import triton_config
 
     model_path = args.engine or args.onnx
+    if os.path.isdir(model_path):
+        raise UserError(f"{model_path}: is a folder; give the model file itself")
     if not os.path.isfile(model_path):
         raise UserError(f"{model_path}: no such file")
     name = check_name(args.name or default_name(model_path))
@@ -118,20 +120,15 @@ def main(argv=None):
 
         metadata = read_engine_metadata(args.engine)
         labels.check_label_count(given, metadata, args.labels, args.engine)
-        names = given or labels.from_metadata(metadata)
+        names = labels.model_labels(metadata, given)
         io = triton_config.describe_engine(args.engine, names)
     else:
-        import onnx
+        from runners import load_detector_onnx, onnx_metadata
 
-        from runners import onnx_metadata
-
-        try:
-            model = onnx.load(args.onnx, load_external_data=False)
-        except Exception as error:  # onnx raises DecodeError and others for a file that is not ONNX
-            raise UserError(f"{args.onnx}: not a readable ONNX model ({type(error).__name__})") from None
+        model = load_detector_onnx(args.onnx, load_external_data=False)
         metadata = onnx_metadata(model)
         labels.check_label_count(given, metadata, args.labels, args.onnx)
-        names = given or labels.from_metadata(metadata)
+        names = labels.model_labels(metadata, given)
         io = triton_config.describe_onnx(model, args.onnx, args.max_batch_size or DEFAULT_ONNX_BATCH, names)
     config = triton_config.config_text(io, name, args.max_batch_size, args.instances)
     prepare_output_folder(args.repository, "--repository")

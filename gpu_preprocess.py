@@ -22,8 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from image_batcher import (AUTOML, TFOD, ImageBatcher, ImageInfo, Preprocessing, automl_fitted_size, list_images, load_rgb,
-                           tfod_fitted_size)
+from image_batcher import (AUTOML, TFOD, ImageBatcher, ImageInfo, Preprocessing, automl_fitted_size, list_images,
+                           load_rgb, tfod_fitted_size)
 
 log = logging.getLogger("gpu_preprocess")
 
@@ -305,21 +305,21 @@ class GpuImageBatcher:
                     self.skipped.append(path)
         return images
 
+    def _submit_reads(self, start):
+        """Start reading the batch of files from index `start` in the reader threads: (paths, futures)."""
+        paths = self.files[start:start + self.batch_size]
+        return paths, [self.readers.submit(self._read, path) for path in paths]
+
     def __iter__(self):
-        start = 0
-        pending = None
-        while start < len(self.files) or pending:
-            if pending is None:
-                paths = self.files[start:start + self.batch_size]
-                pending = (paths, [self.readers.submit(self._read, path) for path in paths])
-                start += len(paths)
+        pending = self._submit_reads(0) if self.files else None
+        start = self.batch_size
+        while pending:
             paths, futures = pending
             payloads = [future.result() for future in futures]
             pending = None
             if start < len(self.files):  # read the next batch's files while this one is on the GPU
-                following = self.files[start:start + self.batch_size]
-                pending = (following, [self.readers.submit(self._read, path) for path in following])
-                start += len(following)
+                pending = self._submit_reads(start)
+                start += self.batch_size
             self.cuda.synchronize(self.stream)  # the previous batch's kernels are done with the images reused
             images = self._decode(paths, payloads)
             kept = [(path, image) for path, image in zip(paths, images) if image is not None]

@@ -13,10 +13,12 @@ from typing import Callable, Optional, Tuple
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.logger import G_LOGGER
 
 from common import UserError
 
 log = logging.getLogger("graph_surgery")
+G_LOGGER.colors = False  # else every run that logs a graph edit first prints "[W] colored module is not installed"
 
 OUTPUT_NAMES = ("num_detections", "detection_boxes", "detection_scores", "detection_classes")
 
@@ -257,9 +259,10 @@ def add_onnx_nms(graph, boxes, scores, anchors, num_classes, max_detections, sco
     corners = add_box_decoder(graph, boxes, anchors, prefix="nms/decode")  # [N, A, 4]
     probabilities = op("Sigmoid", [scores])  # [N, A, C]
     per_class = op("Transpose", [probabilities], perm=[0, 2, 1])  # [N, C, A]
-    selected = op("NonMaxSuppression", [corners, per_class, const("max_per_class", np.array([max_detections], np.int64)),
-                                        const("iou", np.array([iou_threshold], np.float32)),
-                                        const("score", np.array([score_threshold], np.float32))], dtype=np.int64)
+    limits = [const("max_per_class", np.array([max_detections], np.int64)),
+              const("iou", np.array([iou_threshold], np.float32)),
+              const("score", np.array([score_threshold], np.float32))]
+    selected = op("NonMaxSuppression", [corners, per_class, *limits], dtype=np.int64)
     picked = op("GatherND", [per_class, selected])  # [K] scores of the kept (image, class, anchor)
     image_ids = op("Slice", [selected, const("s0", [0]), const("s1", [1]), const("sax", [1])], dtype=np.int64)
     class_ids = op("Slice", [selected, const("s1b", [1]), const("s2", [2]), const("saxb", [1])], dtype=np.int64)

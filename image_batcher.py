@@ -16,7 +16,8 @@ normalises). Two ways to do that (`Preprocessing`):
   input size): TensorFlow 1's resize_images(preserve_aspect_ratio=True), so
   one float32 scale min(H/h, W/w), sizes round(h * scale) (half to even), the
   legacy bilinear resize (no half-pixel centres: source = x * in/out), and
-  zero (black) padding in raw pixels, before the feature extractor normalises.
+  padding with the model's mean colour: TFOD's SSD preprocess normalises
+  first (feature extractor) and then resizes and pads with zeros.
 - `nvidia`: what NVIDIA's sample did: Pillow's bilinear resize (which
   antialiases when shrinking), sizes rounded, padding (124, 116, 104).
 
@@ -66,24 +67,22 @@ class Preprocessing:
         """for_model with the mean and family the runner reads from its model (an engine keeps its ONNX's
         metadata beside it; without a mean, ImageNet's)."""
         family = runner.metadata.get(FAMILY_KEY)
-        if method in (AUTO, AUTOML) and family != "tfod" and runner.input_mean is None:
+        if method in (AUTO, AUTOML, TFOD) and runner.input_mean is None:
             log.info("%s does not say its normalisation mean: padding with the ImageNet mean %s", runner.name,
                      IMAGENET_MEAN_RGB)
         return cls.for_model(method, runner.input_mean, family)
 
     @classmethod
     def for_model(cls, method, mean_rgb=None, family=None):
-        """`automl` pads with the model's mean colour (ImageNet's when unknown), `tfod` with black, `nvidia`
-        with its fixed colour; `auto` is `tfod` for a TFOD graph (`family`), else `automl`."""
+        """`automl` and `tfod` pad with the model's mean colour (ImageNet's when unknown: both families'
+        defaults), `nvidia` with its fixed colour; `auto` is `tfod` for a TFOD graph (`family`), else `automl`."""
         if method == AUTO:
             method = TFOD if family == "tfod" else AUTOML
         if method not in METHODS:
             raise ValueError(f"preprocessing must be one of {METHODS}, not {method!r}")
         if method == NVIDIA:
             return cls(NVIDIA, PAD_COLOR)
-        if method == TFOD:
-            return cls(TFOD, (0.0, 0.0, 0.0))
-        return cls(AUTOML, tuple(float(v) for v in (IMAGENET_MEAN_RGB if mean_rgb is None else mean_rgb)))
+        return cls(method, tuple(float(v) for v in (IMAGENET_MEAN_RGB if mean_rgb is None else mean_rgb)))
 
 
 @dataclass
@@ -274,7 +273,7 @@ def add_preprocessing_argument(parser):
     parser.add_argument("--preprocessing", choices=[AUTO, *METHODS], default=AUTO,
                         help="how images are fitted into the input: automl (AutoML's own resize arithmetic, "
                         "TensorFlow's bilinear resize, padding with the model's mean colour), tfod (the Object "
-                        "Detection API's keep_aspect_ratio_resizer: TF1's resize, black padding), nvidia (NVIDIA's "
+                        "Detection API's keep_aspect_ratio_resizer: TF1's resize, mean-colour padding), nvidia (NVIDIA's "
                         "sample: Pillow's resize, padding 124,116,104); auto: tfod for TF2 Object Detection API "
                         "graphs, automl for the others (each what its SavedModel does)")
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from tqdm import tqdm
 
-from common import (ArgumentParser, UserError, atomic_output, check_not_an_input, check_output_file,
+from common import (ArgumentParser, UserError, atomic_output, check_output_file,
                     check_output_folder, nonnegative_int, positive_int, prepare_output_folder, run_cli, setup_logging,
                     unit_interval)
 from gpu_preprocess import add_device_argument
@@ -165,8 +165,7 @@ def main(argv=None):
         check_separate_folders(args.input, args.output)
         inputs = {"--input": args.input, "--engine": args.engine, "--onnx": args.onnx, "--labels": args.labels}
         if args.results_json:
-            check_output_file(args.results_json, "--results_json")
-            check_not_an_input(args.results_json, "--results_json", inputs)
+            check_output_file(args.results_json, "--results_json", inputs)
         check_output_folder(args.output, "--output")
     with open_runner(args) as runner:
         check_label_count(given_labels, runner.metadata, args.labels, args.engine or args.onnx)

@@ -35,7 +35,7 @@ class LayerDiff:
 
 def _onnx_values(graph, names, image):
     """{name: value} of the tensors `names` of an onnx-graphsurgeon graph for one image (it is cut to them)."""
-    import onnx_graphsurgeon as gs
+    from graph_surgery import gs
     import onnxruntime as ort
 
     from runners import cpu_session_options
@@ -84,7 +84,7 @@ def _tf_values(session, names, image, input_name):
 def compare_layers(onnx_path, tf_runner, image_hwc, layout):
     """LayerDiff rows for one uint8 HxWx3 image at the model's size (tf_runner: an active TFSavedModelRunner)."""
     import onnx
-    import onnx_graphsurgeon as gs
+    from graph_surgery import gs
 
     graph = gs.import_onnx(onnx.load(onnx_path))
     shared = shared_tensors(graph, tf_runner.session.graph)

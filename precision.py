@@ -14,9 +14,8 @@ import warnings
 
 import numpy as np
 import onnx
-import onnx_graphsurgeon as gs
 
-from graph_surgery import OUTPUT_NAMES, cleanup
+from graph_surgery import OUTPUT_NAMES, cleanup, gs
 
 log = logging.getLogger("precision")
 

@@ -24,12 +24,11 @@ import os
 import time
 
 import numpy as np
-import onnx_graphsurgeon as gs
 from tqdm import tqdm
 
 import calibration
 from common import UserError
-from graph_surgery import cleanup, infer_shapes
+from graph_surgery import cleanup, gs, infer_shapes
 
 log = logging.getLogger("quantize")
 

@@ -56,6 +56,36 @@ def onnx_input_dtype(model):
     return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(model.graph.input[0].type.tensor_type.elem_type))
 
 
+def load_detector_onnx(path, load_external_data=True):
+    """The ONNX ModelProto at `path`, refused in one line unless it is a detector graph create_onnx.py wrote."""
+    import onnx
+
+    if os.path.isdir(path):
+        raise UserError(f"{path}: is a folder; give the .onnx file create_onnx.py wrote")
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such ONNX file; create it with create_onnx.py")
+    try:
+        model = onnx.load(path, load_external_data=load_external_data)
+    except Exception as error:  # onnx raises DecodeError and others for a file that is not ONNX
+        raise UserError(f"{path}: not a readable ONNX model ({type(error).__name__}); "
+                        "re-create it with create_onnx.py") from None
+    check_detector_graph(model, path)
+    return model
+
+
+def check_detector_graph(model, path):
+    """One-line error unless `model` has the image input and the four detection outputs of create_onnx.py."""
+    constants = {tensor.name for tensor in model.graph.initializer}
+    inputs = [value.name for value in model.graph.input if value.name not in constants]
+    outputs = {value.name for value in model.graph.output}
+    missing = [name for name in OUTPUT_NAMES if name not in outputs]
+    if not inputs or missing:
+        found = ("an empty file" if not model.graph.node else "no input" if not inputs
+                 else f"no output {missing[0]}")
+        raise UserError(f"{path}: not an EfficientDet detector graph from create_onnx.py ({found}); "
+                        "convert the SavedModel with create_onnx.py")
+
+
 def onnx_input_mean(model):
     """The RGB mean (0-255) the graph's preprocessing subtracts (create_onnx's preprocessor/mean:0), or None."""
     import onnx
@@ -175,16 +205,9 @@ class OnnxCpuRunner(Runner):
         self.plugin = None  # (op, attrs, [input names or constants], output names)
 
     def activate_impl(self):
-        import onnx
         import onnxruntime as ort
 
-        if not os.path.isfile(self.path):
-            raise UserError(f"{self.path}: no such ONNX file; create it with create_onnx.py")
-        try:
-            model = onnx.load(self.path)
-        except Exception as error:
-            raise UserError(f"{self.path}: not a readable ONNX model ({type(error).__name__}); "
-                            "re-create it with create_onnx.py") from None
+        model = load_detector_onnx(self.path)
         self.input_mean = onnx_input_mean(model)
         self.metadata = onnx_metadata(model)
         model = self._cut_at_plugin(model)
@@ -212,14 +235,15 @@ class OnnxCpuRunner(Runner):
         image_layout(tuple(d if isinstance(d, int) else None for d in self._input.shape), self.path)
 
     def _cut_at_plugin(self, model):
-        import onnx_graphsurgeon as gs
+        from graph_surgery import gs
 
         graph = gs.import_onnx(model)
         plugins = [node for node in graph.nodes if node.op in PLUGIN_OPS]
         if not plugins:
             return model
         if len(plugins) > 1:
-            raise UserError(f"{self.path}: more than one NMS plugin node; not an EfficientDet graph from create_onnx.py")
+            raise UserError(f"{self.path}: more than one NMS plugin node; "
+                            "not an EfficientDet graph from create_onnx.py")
         node = plugins[0]
         inputs = [tensor.values if isinstance(tensor, gs.Constant) else tensor.name for tensor in node.inputs]
         self.plugin = (node.op, dict(node.attrs), inputs, [tensor.name for tensor in node.outputs])

@@ -117,7 +117,7 @@ def probe_box_decoder(graph, box_head):
     shift each centre by size / scale and grow each size by exp(1 / scale).
     """
     import onnxruntime as ort
-    import onnx_graphsurgeon as gs
+    from graph_surgery import gs
 
     decoded = find_raw_output(graph, box_head, 4)
     if decoded is None:

@@ -75,6 +75,8 @@ def init_plugins(logger):
 
 def check_engine_file(path):
     """Cheap checks of an engine path before any CUDA or TensorRT work."""
+    if os.path.isdir(path):
+        raise UserError(f"{path}: is a folder; give the engine file build_engine.py wrote")
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such engine file; build one with build_engine.py")
     with open(path, "rb") as handle:

@@ -203,6 +203,19 @@ def fixture_model():
 
 
 @pytest.fixture(scope="session")
+def d0_onnx(fixture_model, tmp_path_factory):
+    """The d0_hard fixture converted to ONNX with the default options, written once per session."""
+    import onnx
+
+    import create_onnx
+
+    _, converted, _ = fixture_model("d0_hard")
+    path = tmp_path_factory.mktemp("d0_onnx") / "d0.onnx"
+    onnx.save(create_onnx.build_graph(converted), str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
 def tfod_model():
     """tfod_model(name) -> (saved_model_path, ConvertedModel, active TFSavedModelRunner), each made once."""
     import create_onnx

@@ -7,7 +7,6 @@ import numpy as np
 import onnx
 import pytest
 
-import create_onnx
 from conftest import ROOT
 from helpers import as_input, matched_fraction, per_image
 from runners import OnnxCpuRunner, TensorRTRunner
@@ -16,14 +15,6 @@ from test_tensorrt_runner import gpu_available, needs_tensorrt_gpu
 
 def run_build(*args):
     return subprocess.run([sys.executable, str(ROOT / "build_engine.py"), *args], capture_output=True, text=True)
-
-
-@pytest.fixture(scope="module")
-def d0_onnx(fixture_model, tmp_path_factory):
-    _, converted, _ = fixture_model("d0_hard")
-    path = tmp_path_factory.mktemp("build") / "d0.onnx"
-    onnx.save(create_onnx.build_graph(converted), str(path))
-    return path
 
 
 def test_save_onnx_alone_writes_the_fp16_graph_without_tensorrt(d0_onnx, fixture_model, tmp_path):

@@ -11,7 +11,6 @@ import sys
 import time
 
 import onnx
-import pytest
 
 import create_onnx
 from conftest import ROOT, saved_model_path
@@ -40,14 +39,6 @@ def assert_refused(result, *fragments):
     last = result.stderr.strip().splitlines()[-1]
     for fragment in fragments:
         assert fragment in last, last
-
-
-@pytest.fixture(scope="module")
-def d0_onnx(fixture_model, tmp_path_factory):
-    _, converted, _ = fixture_model("d0_hard")
-    path = tmp_path_factory.mktemp("safety") / "d0.onnx"
-    onnx.save(create_onnx.build_graph(converted), str(path))
-    return path
 
 
 def images_folder(folder, count, size=(256, 256), ext="png", seed=0):
@@ -291,11 +282,69 @@ def test_a_blank_line_in_a_labels_file_keeps_every_later_name_on_its_class(tmp_p
     assert read_labels(str(path)) == ["person", "class_1", "car"]
 
 
+# 11 and 12. A file that is not a detector graph from create_onnx.py is named as such, by every script.
+
+def not_detector_graphs(folder):
+    """An empty file and a valid ONNX that is not a detector (a single Relu)."""
+    from onnx import TensorProto, helper
+
+    empty = folder / "empty.onnx"
+    empty.write_bytes(b"")
+    relu = folder / "relu.onnx"
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 256, 256, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 256, 256, 3])])
+    onnx.save(helper.make_model(graph), str(relu))
+    return {empty: "an empty file", relu: "no output num_detections"}
+
+
+def test_every_script_says_a_graph_is_not_one_create_onnx_wrote(tmp_path):
+    images = images_folder(tmp_path / "images", 1)
+    for model, why in not_detector_graphs(tmp_path).items():
+        expected = (model.name, "not an EfficientDet detector graph from create_onnx.py", why)
+        assert_refused(script("export_triton.py", "--onnx", model, "-r", tmp_path / "repo"), *expected)
+        assert_refused(script("build_engine.py", "--onnx", model, "--save_onnx", tmp_path / "x.onnx"), *expected)
+        assert_refused(script("infer.py", "--onnx", model, "-i", images, "-o", tmp_path / "out"), *expected)
+    assert sorted(os.listdir(tmp_path)) == ["empty.onnx", "images", "relu.onnx"]
+
+
 # 13. Misleading combinations.
 
 def test_output_without_input_is_an_error_not_a_benchmark(d0_onnx, tmp_path):
     assert_refused(script("infer.py", "--onnx", d0_onnx, "-o", tmp_path / "out"), "--output needs --input")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_given_as_a_model_is_called_a_folder(tmp_path):
+    folder = tmp_path / "model.onnx"
+    folder.mkdir()
+    images = images_folder(tmp_path / "images", 1)
+    assert_refused(script("infer.py", "--onnx", folder, "-i", images, "-o", tmp_path / "out"), "is a folder")
+    assert_refused(script("infer.py", "--engine", folder, "-i", images, "-o", tmp_path / "out"), "is a folder")
+    assert_refused(script("build_engine.py", "--onnx", folder, "--save_onnx", tmp_path / "x.onnx"), "is a folder")
+    assert_refused(script("export_triton.py", "--onnx", folder, "-r", tmp_path / "repo"), "is a folder")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "repo").exists()
+
+
+def test_results_json_is_checked_before_inference_and_named_as_itself(d0_onnx, tmp_path):
+    images = images_folder(tmp_path / "images", 2)
+    before = digests(images)
+    (tmp_path / "taken").mkdir()
+    result = script("infer.py", "--onnx", d0_onnx, "-i", images, "-o", tmp_path / "out", "--results_json",
+                    tmp_path / "taken")
+    assert_refused(result, "taken", "is a folder", "--results_json takes a file name")
+    assert "100%" not in result.stderr  # refused before the first batch
+    assert_refused(script("infer.py", "--onnx", d0_onnx, "-i", images, "-o", tmp_path / "out", "--results_json",
+                          images / "img_000.png"), "img_000.png", "--results_json", "--input")
+    assert digests(images) == before and not (tmp_path / "out").exists()
+
+
+def test_graph_edits_log_without_the_colored_module_line():
+    code = ("import graph_surgery; from onnx_graphsurgeon.logger import G_LOGGER; "
+            "G_LOGGER.warning('a graph edit warning')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0 and "a graph edit warning" in result.stdout + result.stderr
+    assert "colored" not in result.stdout + result.stderr
 
 
 # 7. eval_coco: no number from annotations that do not fit the images.

@@ -91,7 +91,9 @@ def test_uint8_nchw_and_fixed_batch_entries(onnx_graphs, tmp_path):
     config = parse_config(repository / "d0-uint8" / "config.pbtxt")
     assert config.max_batch_size == 4 and list(config.dynamic_batching.preferred_batch_size) == [4]
     assert (config.input[0].data_type, list(config.input[0].dims)) == (model_config_pb2.TYPE_UINT8, [3, 256, 256])
-    assert not (repository / "d0-uint8" / "labels.txt").exists()  # no class names stored in that graph
+    # no class names stored in that 90-class graph: the COCO names, as infer.py shows them
+    coco = (ROOT / "labels_coco.txt").read_text().splitlines()
+    assert (repository / "d0-uint8" / "labels.txt").read_text().splitlines()[:90] == coco[:90]
     assert export("--onnx", onnx_graphs["fixed"], "--repository", repository, "--name", "fixed").returncode == 0
     config = parse_config(repository / "fixed" / "config.pbtxt")
     assert config.max_batch_size == 0 and not config.HasField("dynamic_batching")

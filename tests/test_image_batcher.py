@@ -124,25 +124,32 @@ TFOD_SIZES = [(800, 600), (600, 800), (1920, 1080), (300, 200), (200, 300), (512
 @pytest.mark.parametrize("original", TFOD_SIZES)
 @pytest.mark.parametrize("size", [512, 384])
 def test_tfod_preprocessing_equals_the_object_detection_apis_own(tmp_path, original, size):
-    """The tfod canvas equals TFOD's keep_aspect_ratio_resizer (core/preprocessor.resize_to_range with
-    min = max dimension, zero padding) on the raw image, run by TensorFlow."""
+    """The tfod canvas, normalised, equals what a TFOD EfficientDet's SSD preprocess makes of the raw image,
+    run by TensorFlow: the feature extractor's normalisation, then the keep_aspect_ratio_resizer
+    (core/preprocessor.resize_to_range with min = max dimension), whose zero padding is the mean colour."""
     import os
 
     os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")  # the API's stale protobuf modules
     import tensorflow as tf
     from object_detection.core import preprocessor
+    from object_detection.models.ssd_efficientnet_bifpn_feature_extractor import (
+        SSDEfficientNetBiFPNKerasFeatureExtractor as Extractor)
 
     from synthetic_images import make_image
 
     image, _ = make_image(*original, seed=11)
     image.save(tmp_path / "a.png")
+    preprocessing = Preprocessing.for_model("auto", IMAGENET_MEAN_RGB, family="tfod")
     array, infos = next(iter(ImageBatcher(str(tmp_path / "a.png"), (size, size), "NHWC",
-                                          preprocessing=Preprocessing.for_model("auto", family="tfod"))))
-    theirs, _ = preprocessor.resize_to_range(tf.cast(tf.constant(np.asarray(image)), tf.float32),
-                                             min_dimension=size, max_dimension=size, pad_to_max_dimension=True)
-    assert np.abs(array[0] - theirs.numpy()).max() <= 1e-4
+                                          preprocessing=preprocessing)))
+    normalised = Extractor.preprocess(None, tf.cast(tf.constant(np.asarray(image))[None], tf.float32))[0]
+    theirs, _ = preprocessor.resize_to_range(normalised, min_dimension=size, max_dimension=size,
+                                             pad_to_max_dimension=True)
+    ours = (array[0] / 255 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    assert np.abs(ours - theirs.numpy()).max() <= 1e-4
     resized = [round(infos[0].scale_y * original[1]), round(infos[0].scale_x * original[0])]
     assert np.all(theirs.numpy()[resized[0]:] == 0) and np.all(theirs.numpy()[:, resized[1]:] == 0)
+    assert np.abs(ours[resized[0]:]).max(initial=0) < 1e-6 and np.abs(ours[:, resized[1]:]).max(initial=0) < 1e-6
 
 
 def test_legacy_bilinear_resize_is_tf1s_to_the_bit():
