@@ -173,8 +173,9 @@ def main(argv=None):
             for batch, infos in batcher:
                 if args.tf_input == "canvas":
                     batch = np.clip(np.rint(batch), 0, 255).astype(batch.dtype)  # TensorFlow takes uint8
-                raw = ours.infer_raw({spec.name: batch}) if heads else None
-                mine = split_batch(ours.apply_plugin(raw) if heads else ours.infer({spec.name: batch}), infos,
+                feed = ours.feed(batch, infos)
+                raw = ours.infer_raw(feed) if heads else None
+                mine = split_batch(ours.apply_plugin(raw, feed) if heads else ours.infer(feed), infos,
                                    args.nms_threshold)
                 for row, (info, found) in enumerate(zip(infos, mine)):
                     if args.tf_input == "raw":

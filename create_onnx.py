@@ -170,10 +170,13 @@ def convert_saved_model(saved_model, tf2onnx_path=None, opset=13, full_graph=Fal
 
 def build_graph(converted, input_shape=None, input_format=None, input_size=None, preprocessor="auto",
                 nms_threshold=None, iou_threshold=None, nms_detections=None, legacy_plugins=False,
-                class_agnostic=False, onnx_nms=False, class_names=None, input_dtype="float32"):
+                class_agnostic=False, onnx_nms=False, class_names=None, input_dtype="float32",
+                clip_to_image=False):
     """Stage 2 (ONNX only): graph surgery on a converted model; returns the final onnx.ModelProto.
 
     class_names, if given, are stored in the graph's metadata (labels.py) and must be one per class.
+    clip_to_image (TFOD graphs) adds the second input `image_size` and TFOD's clip window after the NMS
+    (graph_surgery.add_image_window).
     """
     from graph_surgery import gs
 
@@ -184,6 +187,9 @@ def build_graph(converted, input_shape=None, input_format=None, input_size=None,
     if input_dtype not in surgery.INPUT_DTYPES:
         raise UserError(f"input dtype {input_dtype!r}: choose one of {', '.join(surgery.INPUT_DTYPES)}")
     family = converted.family
+    if clip_to_image and family != "tfod":
+        raise UserError(f"{converted.source}: --clip_to_image is for TF2 Object Detection API graphs (their "
+                        "post-processing clips to each image); this is an AutoML one")
     graph = gs.import_onnx(converted.model)
     parts = _family_module(family).recognise(graph)
     native_size = parts.native_size
@@ -223,10 +229,11 @@ def build_graph(converted, input_shape=None, input_format=None, input_size=None,
     if nms_detections is None and converted.max_detections:
         nms_detections = converted.max_detections
     score, iou, detections = resolve_thresholds(converted.tf_nms, nms_threshold, iou_threshold, nms_detections)
+    kept = detections * surgery.CLIP_CANDIDATES if clip_to_image else detections  # what the NMS keeps
     anchors = parts.anchors(height, width)
     boxes = surgery.scale_box_encodings(graph, parts.box_head, parts.box_scales)
     scores = parts.class_head
-    if parts.drops_boxes_outside:
+    if parts.drops_boxes_outside and not clip_to_image:  # the window drops them after the NMS, as TFOD does
         scores = surgery.drop_boxes_outside(graph, boxes, scores, anchors, height, width)
     if onnx_nms:
         # The NMS ops go in after constant folding (their shapes follow the batch); until then the
@@ -238,10 +245,9 @@ def build_graph(converted, input_shape=None, input_format=None, input_size=None,
         decoded = parts.decoded_boxes
         if decoded is None:
             decoded = surgery.add_box_decoder(graph, boxes, anchors)
-        surgery.add_batched_nms(graph, decoded, scores, num_classes, detections, score, iou)
+        surgery.add_batched_nms(graph, decoded, scores, num_classes, kept, score, iou)
     else:
-        surgery.add_efficient_nms(graph, boxes, scores, anchors, num_classes, detections, score, iou,
-                                  class_agnostic)
+        surgery.add_efficient_nms(graph, boxes, scores, anchors, num_classes, kept, score, iou, class_agnostic)
     surgery.cleanup(graph)
     graph = surgery.fold_constants(graph)
     surgery.make_resizes_exact(graph)
@@ -249,7 +255,10 @@ def build_graph(converted, input_shape=None, input_format=None, input_size=None,
     surgery.set_batch_dim(graph, batch)
     if onnx_nms:
         boxes, scores = graph.outputs
-        surgery.add_onnx_nms(graph, boxes, scores, anchors, num_classes, detections, score, iou)
+        surgery.add_onnx_nms(graph, boxes, scores, anchors, num_classes, kept, score, iou)
+        surgery.set_batch_dim(graph, batch)
+    if clip_to_image:
+        surgery.add_image_window(graph, detections)
         surgery.set_batch_dim(graph, batch)
     surgery.cleanup(graph)
     graph.name = f"efficientdet-{family}"
@@ -261,6 +270,8 @@ def build_graph(converted, input_shape=None, input_format=None, input_size=None,
         "num_classes": str(num_classes),
         "normalization": normalization.source,
     }
+    if clip_to_image:
+        metadata["clip_window_input"] = surgery.WINDOW_INPUT
     if class_names is not None:
         metadata[labels.METADATA_KEY] = labels.to_metadata(class_names)
     for key, value in metadata.items():
@@ -300,6 +311,11 @@ def main(argv=None):
     parser.add_argument("--onnx_nms", action="store_true", help="end in the standard ONNX NonMaxSuppression op "
                         "(plus the ops that make the same four outputs) instead of a TensorRT plugin: for TensorRT "
                         "without EfficientNMS_TRT, or plain ONNX Runtime")
+    parser.add_argument("--clip_to_image", action="store_true", help="TF2 Object Detection API models: add a second "
+                        "input, image_size (each image's height and width in model pixels, the part of the input "
+                        "that is not padding), and do what TFOD's post-processing does with it: clip the NMS "
+                        "results to the image, drop those left without area, keep the best. Detections then equal "
+                        "TensorFlow's on photos of any shape; infer.py and eval_coco.py feed it")
     parser.add_argument("-l", "--labels", help="class names, one per line (class 0 first), stored in the ONNX so "
                         "infer.py, eval_coco.py and compare_tf.py label detections with them")
     parser.add_argument("--opset", type=int, default=13, choices=range(11, 19), metavar="{11..18}",
@@ -314,9 +330,12 @@ def main(argv=None):
     start = time.perf_counter()
     # Everything that can be checked without the model, before TensorFlow spends 30 s or more on it.
     import labels
-    from tf_to_onnx import check_saved_model_path
+    from tf_to_onnx import TFOD, check_saved_model_path, family_of
 
     check_saved_model_path(args.saved_model)
+    if args.clip_to_image and family_of(args.saved_model) not in (TFOD, None):
+        raise UserError(f"{args.saved_model}: --clip_to_image is for TF2 Object Detection API models (their "
+                        "post-processing clips to each image); this is an AutoML one")
     check_options(args.input_shape, args.input_format, args.input_size, args.legacy_plugins, args.class_agnostic,
                   args.onnx_nms)
     class_names = labels.read_labels(args.labels) if args.labels else None
@@ -329,7 +348,7 @@ def main(argv=None):
     converted = convert_saved_model(args.saved_model, args.tf2onnx, args.opset, args.full_graph)
     model = build_graph(converted, args.input_shape, args.input_format, args.input_size, args.preprocessor,
                         args.nms_threshold, args.iou_threshold, args.nms_detections, args.legacy_plugins,
-                        args.class_agnostic, args.onnx_nms, class_names, args.input_dtype)
+                        args.class_agnostic, args.onnx_nms, class_names, args.input_dtype, args.clip_to_image)
     write_checked_onnx(args.onnx, model)
     log.info("wrote %s in %.1f s", args.onnx, time.perf_counter() - start)
     return 0

@@ -88,7 +88,6 @@ def main(argv=None):
         if threshold is not None and threshold > MAP_SENSITIVE_THRESHOLD:
             log.warning("the model's NMS score threshold is %g: mAP drops when boxes below it are discarded; "
                         "re-create the ONNX with --nms_threshold 0 (or 0.001) for a faithful mAP", threshold)
-        spec = runner.input_spec()
         batch_size = args.batch_size or runner.fixed_batch or 1
         preprocessing = Preprocessing.for_runner(args.preprocessing, runner)
         batcher, engine = gpu_preprocess.batcher_for(runner, args.preprocess_on, preprocessing, args.input,
@@ -110,7 +109,7 @@ def main(argv=None):
         start = time.perf_counter()
         with tqdm(total=len(batcher.files), unit="img", desc="eval", disable=None) as progress:
             for batch, infos in batcher:
-                outputs = engine.infer_device() if engine else runner.infer({spec.name: batch})
+                outputs = engine.infer_device(infos) if engine else runner.infer(runner.feed(batch, infos))
                 for info, found in zip(infos, split_batch(outputs, infos, args.nms_threshold)):
                     image_id = ids_by_name[os.path.basename(info.path)]
                     evaluated.append(image_id)

@@ -160,7 +160,12 @@ def _node_builder(graph, prefix, default_dtype=np.float32):
         graph.nodes.append(gs.Node(kind, f"{prefix}/{kind}_{counter[0]}", attrs=attrs, inputs=inputs, outputs=[out]))
         return out
 
+    named = set()
+
     def const(name, values):
+        if name in named:  # two constants of one name: the exported graph would keep only one of them
+            raise ValueError(f"constant {prefix}/{name} made twice")
+        named.add(name)
         return gs.Constant(f"{prefix}/{name}", np.asarray(values))
 
     return op, const
@@ -330,6 +335,64 @@ def add_batched_nms(graph, decoded_boxes, scores, num_classes, max_detections, s
                                inputs=[boxes4, probabilities], outputs=outputs))
     graph.outputs = outputs
     log.info("added BatchedNMS_TRT %s", attrs)
+    return outputs
+
+
+WINDOW_INPUT = "image_size"  # create_onnx.py --clip_to_image: each image's (height, width) inside the canvas
+CLIP_CANDIDATES = 4  # --clip_to_image: the NMS keeps this many times max_detections before the window prunes
+
+
+def add_image_window(graph, max_detections):
+    """TFOD's clip window after the NMS: a second input `image_size` [N, 2] (each image's height and width in
+    model pixels, the part of the canvas that is not padding), the NMS results clipped to it, those left
+    without area dropped and the best `max_detections` kept, as TFOD's multiclass_non_max_suppression does
+    with its clip_window (core/post_processing.py: NMS on the unclipped boxes, then _clip_window_prune_boxes,
+    then max_total_size). The NMS before it must keep more candidates (CLIP_CANDIDATES x max_detections).
+    """
+    _, boxes, scores, classes = graph.outputs  # rows past the candidates' count have no area: dropped below
+    for tensor in graph.outputs:
+        tensor.name, tensor.shape = f"window/candidate_{tensor.name}", None
+    op, const = _node_builder(graph, "window")
+    size = gs.Variable(WINDOW_INPUT, dtype=np.float32, shape=[graph.inputs[0].shape[0], 2])
+    graph.inputs.append(size)
+    limits = op("Unsqueeze", [op("Concat", [size, size], axis=1), const("rows", np.array([1], np.int64))])
+    clipped = op("Max", [op("Min", [boxes, limits]), const("zero", np.float32(0.0))])  # [N, K', 4]
+
+    def side(low, high):  # [N, K'] extent along one axis
+        def corner(index):
+            return op("Slice", [clipped, const(f"start{index}", [index]), const(f"end{index}", [index + 1]),
+                                const(f"axis{index}", [2])])
+        return op("Sub", [corner(high), corner(low)])
+
+    area = op("Squeeze", [op("Mul", [side(0, 2), side(1, 3)]), const("squeeze", np.array([2], np.int64))])
+    inside = op("Greater", [area, const("no_area", np.float32(0.0))], dtype=np.bool_)
+    ranked = op("Where", [inside, scores, const("dropped", np.float32(-1.0))])
+    top_scores = gs.Variable("window/top_scores", dtype=np.float32)
+    top_index = gs.Variable("window/top_index", dtype=np.int64)
+    graph.nodes.append(gs.Node("TopK", "window/TopK", attrs={"axis": 1, "largest": 1, "sorted": 1},
+                               inputs=[ranked, const("k", np.array([max_detections], np.int64))],
+                               outputs=[top_scores, top_index]))
+    kept = op("GreaterOrEqual", [top_scores, const("zero_score", np.float32(0.0))], dtype=np.bool_)
+    batch = op("Slice", [op("Shape", [boxes], dtype=np.int64), const("b0", [0]), const("b1", [1])], dtype=np.int64)
+    box_index = op("Expand", [op("Unsqueeze", [top_index, const("u2", np.array([2], np.int64))], dtype=np.int64),
+                              op("Concat", [batch, const("k4", np.array([max_detections, 4], np.int64))],
+                                 dtype=np.int64, axis=0)], dtype=np.int64)
+    picked_boxes = op("GatherElements", [clipped, box_index], axis=1)
+    picked_classes = op("GatherElements", [classes, top_index], dtype=classes.dtype, axis=1)
+    outputs = _nms_outputs(max_detections, classes.dtype)
+    kept4 = op("Unsqueeze", [kept, const("u2b", np.array([2], np.int64))], dtype=np.bool_)
+    graph.nodes.append(gs.Node("Where", "window/boxes_out", inputs=[kept4, picked_boxes, const("zero_b", np.float32(
+        0.0))], outputs=[outputs[1]]))
+    graph.nodes.append(gs.Node("Where", "window/scores_out", inputs=[kept, top_scores, const("zero_s", np.float32(
+        0.0))], outputs=[outputs[2]]))
+    graph.nodes.append(gs.Node("Where", "window/classes_out", inputs=[kept, picked_classes, const(
+        "zero_c", np.zeros((), classes.dtype))], outputs=[outputs[3]]))
+    graph.nodes.append(gs.Node("ReduceSum", "window/num_detections", attrs={"keepdims": 1}, inputs=[
+        op("Cast", [kept], to=onnx.TensorProto.INT32, dtype=np.int32), const("axis_k", np.array([1], np.int64))],
+        outputs=[outputs[0]]))
+    graph.outputs = outputs
+    log.info("added the image window (input %s): NMS results clipped to each image, those without area "
+             "dropped, the best %d kept", WINDOW_INPUT, max_detections)
     return outputs
 
 

@@ -102,6 +102,10 @@ class ImageInfo:
         limit = np.array([self.height, self.width, self.height, self.width], np.float64)
         return np.clip(boxes / scale, 0, limit)
 
+    def fitted_hw(self):
+        """(height, width) the image was resized to inside the model input: the part that is not padding."""
+        return round(self.scale_y * self.height), round(self.scale_x * self.width)
+
 
 def check_input_path(input_path):
     if not os.path.exists(input_path):

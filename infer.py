@@ -98,12 +98,13 @@ def benchmark(runner, batch_size, warmup, iterations):
     spec = runner.input_spec()
     shape = (batch_size,) + tuple(d if d else 512 for d in spec.shape[1:])
     images = np.random.default_rng(0).uniform(0, 255, size=shape).astype(spec.dtype)
+    feed = runner.feed(images)
     for _ in range(warmup):
-        runner.infer({spec.name: images})
+        runner.infer(feed)
     end_to_end, compute = [], []
     for _ in range(iterations):
         start = time.perf_counter()
-        runner.infer({spec.name: images})
+        runner.infer(feed)
         end_to_end.append((time.perf_counter() - start) * 1000)
         gpu_ms = getattr(runner, "last_gpu_ms", None)
         if gpu_ms is not None:
@@ -170,7 +171,6 @@ def main(argv=None):
     with open_runner(args) as runner:
         check_label_count(given_labels, runner.metadata, args.labels, args.engine or args.onnx)
         labels = model_labels(runner.metadata, given_labels)
-        spec = runner.input_spec()
         batch_size = args.batch_size or runner.fixed_batch or 1
         if runner.fixed_batch and batch_size != runner.fixed_batch:
             raise UserError(f"{runner.name} has a fixed batch of {runner.fixed_batch}; drop --batch_size or give that")
@@ -192,7 +192,7 @@ def main(argv=None):
             start = time.perf_counter()
             with tqdm(total=len(batcher.files), unit="img", desc="infer", disable=None) as progress:
                 for batch, infos in batcher:
-                    outputs = engine.infer_device() if engine else runner.infer({spec.name: batch})
+                    outputs = engine.infer_device(infos) if engine else runner.infer(runner.feed(batch, infos))
                     for info, found in zip(infos, split_batch(outputs, infos, args.nms_threshold)):
                         stem = os.path.join(args.output, stems[info.path])
                         os.makedirs(os.path.dirname(stem), exist_ok=True)

@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 import onnx
 
-from graph_surgery import OUTPUT_NAMES, cleanup, gs
+from graph_surgery import OUTPUT_NAMES, add_image_window, cleanup, gs, set_batch_dim
 
 log = logging.getLogger("precision")
 
@@ -27,17 +27,39 @@ def to_fp16(model):
     from onnxconverter_common import float16
 
     block = list(float16.DEFAULT_OP_BLOCK_LIST) + list(NMS_OPS)
+    model, window_detections = _without_window(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "float32 number ... will be truncated": expected for tiny weights
         converted = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=block)
     graph = gs.import_onnx(converted)
     _retype_input_cast(graph)
     _restore_nms_outputs(graph)
+    if window_detections:  # put the image window back after the float32 NMS outputs, in float32
+        add_image_window(graph, window_detections)
+        set_batch_dim(graph, graph.inputs[0].shape[0])
     cleanup(graph)
     result = gs.export_onnx(graph)
     halves = sum(1 for t in graph.tensors().values() if getattr(t, "dtype", None) == np.float16)
     log.info("converted to FP16: %d float16 tensors; the NMS and the graph I/O kept float32", halves)
     return result
+
+
+def _without_window(model):
+    """(the graph ending at the NMS, its detection count) for a --clip_to_image graph, else (model, None).
+
+    The converter would run the image window's ops in float16 between casts (even blocked ones), which
+    rounds pixel coordinates; it is cut off here and made again in float32 after the conversion.
+    """
+    graph = gs.import_onnx(model)
+    tensors = graph.tensors()
+    candidates = [tensors.get(f"window/candidate_{name}") for name in OUTPUT_NAMES]
+    if any(tensor is None for tensor in candidates):
+        return model, None
+    detections = int(graph.outputs[1].shape[1])
+    for tensor, name in zip(candidates, OUTPUT_NAMES):
+        tensor.name = name
+    graph.outputs = candidates
+    return gs.export_onnx(cleanup(graph)), detections
 
 
 def _retype_input_cast(graph):

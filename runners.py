@@ -25,11 +25,20 @@ import numpy as np
 import nms_reference
 import trt_adapter
 from common import UserError
+from graph_surgery import OUTPUT_NAMES, WINDOW_INPUT  # the graph's I/O names, made there
 
 log = logging.getLogger("runners")
 
-OUTPUT_NAMES = ("num_detections", "detection_boxes", "detection_scores", "detection_classes")
 PLUGIN_OPS = ("EfficientNMS_TRT", "BatchedNMS_TRT")
+
+
+def window_sizes(batch, infos, input_hw):
+    """The `image_size` rows [batch, 2] float32 of a --clip_to_image graph: each image's fitted (height, width)
+    in model pixels from its ImageInfo; the whole input for rows without one (padding rows, benchmarks)."""
+    sizes = np.tile(np.asarray(input_hw, np.float32), (batch, 1))
+    for row, info in enumerate(infos or []):
+        sizes[row] = info.fitted_hw()
+    return sizes
 
 
 def image_layout(shape, name):
@@ -132,10 +141,11 @@ class TensorSpec:
 
 
 class Runner:
-    """Base class: activate/deactivate (or `with`), input_spec(), infer(feed) -> {name: array}."""
+    """Base class: activate/deactivate (or `with`), input_spec(), feed(batch, infos), infer(feed) -> {name: array}."""
 
     name = "runner"
     input_mean = None  # RGB mean (0-255) the model normalises with, when the runner can tell
+    window_input = None  # WINDOW_INPUT when the model has it (create_onnx.py --clip_to_image)
 
     def __init__(self):
         self.is_active = False
@@ -154,6 +164,14 @@ class Runner:
 
     def __enter__(self):
         return self.activate()
+
+    def feed(self, batch, infos=None):
+        """infer()'s input for a batch of images: the image input and, for a --clip_to_image model, the
+        image sizes from the batcher's `infos` (the whole input for rows without one)."""
+        feed = {self.input_spec().name: batch}
+        if self.window_input:
+            feed[self.window_input] = window_sizes(len(batch), infos, self.input_hw)
+        return feed
 
     def __exit__(self, *exc):
         self.deactivate()
@@ -203,11 +221,15 @@ class OnnxCpuRunner(Runner):
         self.name = f"onnxruntime-cpu:{os.path.basename(onnx_path)}"
         self.session = None
         self.plugin = None  # (op, attrs, [input names or constants], output names)
+        self._tail = None  # ONNX Runtime session of the ops after the plugin (--clip_to_image), if any
+        self._final_outputs = []
 
     def activate_impl(self):
         import onnxruntime as ort
 
         model = load_detector_onnx(self.path)
+        if any(value.name == WINDOW_INPUT for value in model.graph.input):
+            self.window_input = WINDOW_INPUT
         self.input_mean = onnx_input_mean(model)
         self.metadata = onnx_metadata(model)
         model = self._cut_at_plugin(model)
@@ -219,14 +241,15 @@ class OnnxCpuRunner(Runner):
         except Exception as error:
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise UserError(f"{self.path}: ONNX Runtime cannot load this graph ({first})") from None
-        self._input = self.session.get_inputs()[0]
+        images = [value for value in self.session.get_inputs() if value.name != WINDOW_INPUT]
+        self._input = images[0] if images else self.session.get_inputs()[0]
         self._check_is_detector()
 
     def _check_is_detector(self):
         """One-line error for a valid ONNX that is not a detector graph from create_onnx.py."""
         session = self._session()
-        inputs = session.get_inputs()
-        outputs = set(self.plugin[3]) if self.plugin else {o.name for o in session.get_outputs()}
+        inputs = [value for value in session.get_inputs() if value.name != WINDOW_INPUT]
+        outputs = set(self._final_outputs)
         missing = [name for name in OUTPUT_NAMES if name not in outputs]
         if len(inputs) != 1 or missing:
             found = f"{len(inputs)} inputs" if len(inputs) != 1 else f"no output {missing[0]}"
@@ -238,6 +261,7 @@ class OnnxCpuRunner(Runner):
         from graph_surgery import gs
 
         graph = gs.import_onnx(model)
+        self._final_outputs = [value.name for value in model.graph.output]
         plugins = [node for node in graph.nodes if node.op in PLUGIN_OPS]
         if not plugins:
             return model
@@ -250,12 +274,30 @@ class OnnxCpuRunner(Runner):
         graph_outputs = [tensor for tensor in node.inputs if not isinstance(tensor, gs.Constant)]
         for tensor in graph_outputs:
             tensor.dtype = tensor.dtype or np.float32
+        if not set(self.plugin[3]) >= set(self._final_outputs):  # ops after the plugin: the image window
+            self._tail = self._after_plugin(model)
         node.outputs.clear()
         graph.nodes = [other for other in graph.nodes if other is not node]
         graph.outputs = graph_outputs
-        graph.cleanup().toposort()
+        graph.cleanup(remove_unused_graph_inputs=True).toposort()
         log.debug("running %s in NumPy after ONNX Runtime", node.op)
         return gs.export_onnx(graph)
+
+    def _after_plugin(self, model):
+        """An ONNX Runtime session of the ops after the plugin (its outputs and the image sizes in)."""
+        import onnxruntime as ort
+
+        from graph_surgery import gs
+
+        graph = gs.import_onnx(model)
+        node = next(node for node in graph.nodes if node.op in PLUGIN_OPS)
+        tensors = graph.tensors()
+        graph.inputs = list(node.outputs) + ([tensors[WINDOW_INPUT]] if WINDOW_INPUT in tensors else [])
+        node.outputs.clear()
+        graph.cleanup(remove_unused_graph_inputs=True).toposort()
+        tail = gs.export_onnx(graph)
+        return ort.InferenceSession(tail.SerializeToString(), cpu_session_options(),
+                                    providers=["CPUExecutionProvider"])
 
     def deactivate_impl(self):
         self.session = None
@@ -272,10 +314,11 @@ class OnnxCpuRunner(Runner):
         return TensorSpec(self._input.name, shape, np.dtype(dtype))
 
     def infer(self, feed):
-        return self.apply_plugin(self.infer_raw(feed))
+        return self.apply_plugin(self.infer_raw(feed), feed)
 
-    def apply_plugin(self, values):
-        """The four outputs from what infer_raw returned (the NMS plugin run in NumPy, if the graph has one)."""
+    def apply_plugin(self, values, feed=None):
+        """The four outputs from what infer_raw returned (the NMS plugin run in NumPy, if the graph has one,
+        and the ops after it, fed the image sizes from `feed`)."""
         if self.plugin is None:
             return values
         op, attrs, _, output_names = self.plugin
@@ -286,7 +329,13 @@ class OnnxCpuRunner(Runner):
                                                   nms_reference.EfficientNMSParams.from_attrs(attrs))
         else:
             results = nms_reference.batched_nms(arrays[0], arrays[1], nms_reference.BatchedNMSParams.from_attrs(attrs))
-        return dict(zip(output_names, results))
+        results = dict(zip(output_names, results))
+        if self._tail is None:
+            return results
+        names = [value.name for value in self._tail.get_inputs()]
+        tail_feed = {name: results[name] if name in results else (feed or {})[name] for name in names}
+        final = [value.name for value in self._tail.get_outputs()]
+        return dict(zip(final, self._tail.run(final, tail_feed)))
 
     def plugin_inputs(self, values):
         """The plugin node's input arrays, in order: computed ones from infer_raw's `values`, constants as stored."""
@@ -298,7 +347,8 @@ class OnnxCpuRunner(Runner):
         """What ONNX Runtime computes: the outputs, or the plugin's inputs (pre-NMS heads) when cut."""
         session = self._session()
         names = [output.name for output in session.get_outputs()]
-        return dict(zip(names, session.run(names, feed)))
+        wanted = {value.name for value in session.get_inputs()}
+        return dict(zip(names, session.run(names, {k: v for k, v in feed.items() if k in wanted})))
 
 
 def engine_metadata_path(engine_path):
@@ -355,10 +405,12 @@ class TensorRTRunner(Runner):
         self.engine = trt_adapter.load_engine(self.runtime, self.logger, self.path)
         self.context = self.engine.create_execution_context()
         self.tensors = trt_adapter.io_tensors(self.engine)
-        inputs = [t for t in self.tensors if t[1]]
+        inputs = [t for t in self.tensors if t[1] and t[0] != WINDOW_INPUT]
         if len(inputs) != 1:
             raise UserError(f"{self.path}: expected one image input, found {len(inputs)}")
         self._input = inputs[0]
+        self._inputs = [t for t in self.tensors if t[1]]
+        self.window_input = WINDOW_INPUT if len(self._inputs) > 1 else None
         name, _, _, shape = self._input
         self.batch_range = (shape[0], shape[0])
         if shape[0] < 0:
@@ -414,7 +466,8 @@ class TensorRTRunner(Runner):
             raise UserError(f"{self.path}: batch {batch} is outside the engine's batch range {low}..{high}")
         self._allocate(batch)
         if shape[0] < 0:
-            self.context.set_input_shape(name, (batch,) + tuple(shape[1:]))
+            for input_name, _, _, input_shape in self._inputs:
+                self.context.set_input_shape(input_name, (batch,) + tuple(input_shape[1:]))
 
     def device_input(self, count):
         """The device pointer of the input binding, ready for `count` images written there on `self.stream`
@@ -428,18 +481,27 @@ class TensorRTRunner(Runner):
         self._device_batch = batch
         return self.device[name]
 
-    def infer_device(self):
-        """Run on the input device_input() handed out, already written on the GPU; outputs as infer()'s."""
+    def infer_device(self, infos=None):
+        """Run on the input device_input() handed out, already written on the GPU; outputs as infer()'s.
+        A --clip_to_image engine gets its image sizes from `infos` (the batcher's) through the host."""
+        if self.window_input:
+            self._copy_in(self.window_input, window_sizes(self._device_batch, infos, self.input_hw))
         return self._run(self._device_batch)
 
+    def _copy_in(self, name, array):
+        dtype = next(t[2] for t in self._inputs if t[0] == name)
+        array = np.ascontiguousarray(array, dtype=dtype)
+        host = self.host[name].reshape(-1)[: array.size].reshape(array.shape)
+        host[...] = array
+        self.cuda.copy_to_device(self.device[name], host, self.stream)
+
     def infer(self, feed):
-        name, _, dtype, _ = self._input
-        images = np.ascontiguousarray(feed[name], dtype=dtype)
-        self._prepare(images.shape[0])
-        host_input = self.host[name].reshape(-1)[: images.size].reshape(images.shape)
-        host_input[...] = images
-        self.cuda.copy_to_device(self.device[name], host_input, self.stream)
-        return self._run(images.shape[0])
+        name = self._input[0]
+        batch = len(feed[name])
+        self._prepare(batch)
+        for input_name, _, _, _ in self._inputs:
+            self._copy_in(input_name, feed[input_name])
+        return self._run(batch)
 
     def _run(self, batch):
         outputs = [(n, trt_adapter.dims_tuple(self.context.get_tensor_shape(n)))

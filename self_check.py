@@ -151,8 +151,9 @@ def check_onnx(path, shown_as=None, image=None):
         spec = runner.input_spec()
         image = _check_image(spec) if image is None else image
         try:
-            raw = runner.infer_raw({spec.name: image})
-            outputs = runner.infer({spec.name: image})
+            feed = runner.feed(image)
+            raw = runner.infer_raw(feed)
+            outputs = runner.infer(feed)
         except Exception as error:  # ONNX Runtime raises its own types
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise UserError(f"{shown_as}: {FAILED}: it does not run in ONNX Runtime ({first})") from None

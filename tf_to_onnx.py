@@ -71,6 +71,18 @@ def _serving_meta_graph(path):
     raise UserError(f"{path}: the SavedModel has no graph tagged 'serve'; export it for serving")
 
 
+def family_of(path):
+    """The EfficientDet family (AUTOML or TFOD) of the SavedModel at `path`, from the node names in its
+    saved_model.pb (the graph, or a TF2 model's function library), without loading it; None if neither."""
+    graph_def = _serving_meta_graph(path).graph_def
+    names = [node.name for node in graph_def.node]
+    names += [node.name for function in graph_def.library.function for node in function.node_def]
+    for family, marker in FAMILY_MARKERS.items():
+        if any(marker in name for name in names):
+            return family
+    return None
+
+
 @contextlib.contextmanager
 def _without_tf_deprecation_warnings():
     """The TF1 loading and freezing calls used on purpose each log a deprecation warning; hide those."""

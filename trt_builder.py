@@ -69,6 +69,19 @@ def check_plugins(network: "tensorrt.INetworkDefinition", path):
                                 "library does not provide; install libnvinfer-plugin of this TensorRT version")
 
 
+def _batch_profile(builder: "tensorrt.Builder", network: "tensorrt.INetworkDefinition", batches):
+    """An optimization profile giving every network input (the image; image_size with --clip_to_image) the
+    (min, opt, max) `batches`, its other dimensions as declared."""
+    trt = import_tensorrt()
+    profile = builder.create_optimization_profile()
+    for index in range(network.num_inputs):
+        tensor = network.get_input(index)
+        rest = dims_tuple(tensor.shape)[1:]
+        low, opt, high = (trt.Dims([batch, *rest]) for batch in batches)
+        profile.set_shape(tensor.name, low, opt, high)
+    return profile
+
+
 def configure(builder: "tensorrt.Builder", network: "tensorrt.INetworkDefinition", workspace_gib, batch_range):
     """Builder config with the workspace limit and, for a dynamic batch, one optimization profile."""
     trt = import_tensorrt()
@@ -78,10 +91,7 @@ def configure(builder: "tensorrt.Builder", network: "tensorrt.INetworkDefinition
     shape = dims_tuple(image.shape)
     if shape[0] < 0:
         low, opt, high = batch_range
-        profile = builder.create_optimization_profile()
-        low_dims, opt_dims, high_dims = (trt.Dims([batch, *shape[1:]]) for batch in (low, opt, high))
-        profile.set_shape(image.name, low_dims, opt_dims, high_dims)
-        config.add_optimization_profile(profile)
+        config.add_optimization_profile(_batch_profile(builder, network, (low, opt, high)))
         log.info("dynamic batch profile for %s: min %d, opt %d, max %d", image.name, low, opt, high)
     elif batch_range[2] != shape[0]:
         raise UserError(f"the ONNX input has a fixed batch of {shape[0]}; re-create it with a dynamic batch "
@@ -132,6 +142,10 @@ def make_calibrator(batcher, cache_path, cuda, method="entropy"):
     batch. The cache is TensorRT's own text format (see calibration.py), the same
     file on every version.
     """
+    import numpy as np
+
+    from runners import WINDOW_INPUT, window_sizes
+
     trt = import_tensorrt()
 
     class Feed:
@@ -151,16 +165,20 @@ def make_calibrator(batcher, cache_path, cuda, method="entropy"):
             if self.batches is None:
                 return None
             try:
-                batch, _ = next(self.batches)
+                batch, infos = next(self.batches)
             except StopIteration:
                 return None
+            arrays = {name: batch for name in names}
+            if WINDOW_INPUT in arrays:  # a --clip_to_image graph's second input
+                arrays[WINDOW_INPUT] = window_sizes(len(batch), infos, (batcher.height, batcher.width))
             if self.device is None:
-                self.device = cuda.malloc(batch.nbytes)
-            cuda.copy_to_device(self.device, batch, self.stream)
+                self.device = {name: cuda.malloc(array.nbytes) for name, array in arrays.items()}
+            for name, array in arrays.items():
+                cuda.copy_to_device(self.device[name], np.ascontiguousarray(array), self.stream)
             cuda.synchronize(self.stream)
             self.done += len(batch)
             log.info("calibration: %d images", self.done)
-            return [self.device]
+            return [self.device[name] for name in names]
 
         def read_calibration_cache(self):
             if cache_path and os.path.isfile(cache_path):
@@ -214,13 +232,8 @@ def enable_int8(builder: "tensorrt.Builder", config: "tensorrt.IBuilderConfig",
     enable_fp16_with_fp32_nms(config, network)
     config.set_flag(trt.BuilderFlag.INT8)
     config.int8_calibrator = calibrator
-    image = network.get_input(0)
-    shape = dims_tuple(image.shape)
-    if shape[0] < 0:  # dynamic batch: calibrate at the calibration batch size
-        profile = builder.create_optimization_profile()
-        fixed = trt.Dims([calib_batch, *shape[1:]])
-        profile.set_shape(image.name, fixed, fixed, fixed)
-        config.set_calibration_profile(profile)
+    if dims_tuple(network.get_input(0).shape)[0] < 0:  # dynamic batch: calibrate at the calibration batch size
+        config.set_calibration_profile(_batch_profile(builder, network, (calib_batch,) * 3))
     if mixed:
         kept = 0
         for index in range(network.num_layers):

@@ -10,7 +10,7 @@ import pytest
 
 import create_onnx
 import nms_reference
-from conftest import ROOT, TFOD_MODELS
+from conftest import ROOT, TFOD_MODELS, saved_model_path
 from helpers import as_input, matched_fraction, per_image, save_and_open
 from image_batcher import fit_image
 from synthetic_images import make_image
@@ -200,3 +200,116 @@ def test_infer_eval_and_compare_tf_run_end_to_end(tfod_model, work_dir, tmp_path
 
     compared = run("compare_tf.py", "--saved_model", path, "--onnx", str(model_path), "--input", str(images))
     assert "matched:" in compared.stdout and "pre-NMS heads" in compared.stdout
+
+
+# Photos of other shapes than the model's, in a landscape and a portrait size (width, height).
+PHOTO_SIZES = [(800, 600), (600, 800)]
+
+
+def photo_detections(tfod_model, fixture, model, folder, preprocessing="auto"):
+    """(TensorFlow's, ours) Detections per photo: TF fed the raw photo (its own resize, padding and
+    post-processing), ours the batcher's canvas (and the image sizes, for a --clip_to_image graph)."""
+    from detections import split_batch
+    from image_batcher import ImageBatcher, ImageInfo, Preprocessing, load_rgb
+    from synthetic_images import write_images
+
+    _, _, tf_runner = tfod_model(fixture)
+    for index, (width, height) in enumerate(PHOTO_SIZES):
+        write_images(str(folder), 2, width, height, seed=800 + 10 * index, ext="jpg")
+        for path in folder.glob("img_00[01].jpg"):
+            path.rename(folder / f"{width}x{height}_{path.name}")
+    runner = save_and_open(model, folder.parent / f"{folder.name}.onnx", layout_optimizations=False)
+    batcher = ImageBatcher(str(folder), runner.input_hw, runner.input_layout, 2,
+                           preprocessing=Preprocessing.for_runner(preprocessing, runner))
+    theirs, ours = [], []
+    for batch, infos in batcher:
+        ours += split_batch(runner.infer(runner.feed(batch, infos)), infos)
+        for info in infos:
+            rows, _ = tf_runner.run_image(np.asarray(load_rgb(info.path)[0]))
+            raw = ImageInfo(info.path, info.width, info.height, 1.0, 1.0)  # TF's boxes are in photo pixels
+            theirs += split_batch(tf_runner.as_outputs([rows]), [raw])
+    return theirs, ours
+
+
+def as_tuple(found):
+    return found.boxes[:, [1, 0, 3, 2]].astype(np.float32), found.scores, found.classes
+
+
+@pytest.mark.parametrize("fixture", TFOD_FIXTURES)
+@pytest.mark.parametrize("route", ["plugin", "onnx_nms"])
+def test_clip_to_image_gives_tensorflows_detections_on_photos(fixture, route, tfod_model, tmp_path):
+    """--clip_to_image: the NMS results clipped to each photo inside the canvas and the best kept, as TFOD's
+    post-processing does: on landscape and portrait photos >= 99% of TF's detections found (IoU >= 0.99,
+    same class, |score delta| <= 1e-3), as many per photo as TF's. Without it, boxes in the padding take
+    NMS places TF gives to detections in the photo."""
+    _, converted, _ = tfod_model(fixture)
+    model = create_onnx.build_graph(converted, clip_to_image=True, onnx_nms=route == "onnx_nms")
+    assert [value.name for value in model.graph.input] == ["input", "image_size"]
+    theirs, ours = photo_detections(tfod_model, fixture, model, tmp_path / "photos")
+    matched = total = 0
+    for reference, found in zip(theirs, ours):
+        assert len(found) == len(reference)
+        fraction, count = matched_fraction(as_tuple(reference), as_tuple(found), 0.99, 1e-3)
+        matched += round(fraction * count)
+        total += count
+    print(f"{fixture} {route} --clip_to_image: {matched}/{total} of TensorFlow's detections on photos")
+    assert total >= 4 * 50 and matched / total >= 0.99
+
+    plain = create_onnx.build_graph(converted, onnx_nms=route == "onnx_nms")
+    theirs, without = photo_detections(tfod_model, fixture, plain, tmp_path / "photos_plain")
+    fewer = sum(len(reference) - len(found) for reference, found in zip(theirs, without))
+    found = sum(matched_fraction(as_tuple(r), as_tuple(f), 0.99, 1e-3)[0] * len(r) for r, f in zip(theirs, without))
+    print(f"{fixture} {route} without --clip_to_image: {sum(map(len, without))} detections where TF has "
+          f"{sum(map(len, theirs))}, {found / total:.1%} of TF's found")
+    assert fewer > 0  # what the option is for: the padding's boxes cost detections on these photos
+
+
+def test_clip_to_image_graphs_take_every_route_precision_and_the_triton_export(tfod_model, work_dir, tmp_path):
+    """The legacy plugin route, FP16 and INT8 graphs (build_engine.py --save_onnx) and export_triton.py all
+    carry the second input; AutoML models refuse the option before converting."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from synthetic_images import write_images
+
+    _, converted, _ = tfod_model("tfod_custom")
+    size = TFOD_MODELS["tfod_custom"]["image_size"]
+    clip = work_dir / "tfod-clip.onnx"
+    onnx.save(create_onnx.build_graph(converted, clip_to_image=True), str(clip))
+    canvases_feed = as_input(canvases(size), "NHWC")
+    sizes = np.tile(np.array([[size, size]], np.float32), (8, 1))
+    sizes[4:6] = [size, size * 3 // 5]  # the narrow photos' part of the canvas (canvases(): 3/5 as wide)
+    feed = {"input": canvases_feed, "image_size": sizes}
+    want = save_and_open(onnx.load(str(clip)), tmp_path / "fp32.onnx").infer(feed)
+    assert want["detection_boxes"][4:6, :, 3].max() <= size * 3 // 5  # clipped to the photo
+    legacy = save_and_open(create_onnx.build_graph(converted, clip_to_image=True, legacy_plugins=True),
+                           tmp_path / "legacy.onnx").infer(feed)
+    assert legacy["detection_boxes"][4:6, :, 3].max() <= size * 3 // 5 and legacy["num_detections"].min() > 0
+    write_images(str(tmp_path / "calib"), 8, size, size)
+    for precision in ("fp16", "int8"):
+        path = tmp_path / f"clip-{precision}.onnx"
+        args = ["--onnx", str(clip), "--precision", precision, "--save_onnx", str(path)]
+        if precision == "int8":
+            args += ["--calib_input", str(tmp_path / "calib"), "--calib_batch_size", "4"]
+        result = subprocess.run([sys.executable, str(ROOT / "build_engine.py"), *args], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-3000:]
+        got = save_and_open(onnx.load(str(path)), tmp_path / f"{precision}-copy.onnx").infer(feed)
+        assert [v.name for v in onnx.load(str(path)).graph.input] == ["input", "image_size"]
+        assert got["detection_boxes"][4:6, :, 3].max() <= size * 3 // 5
+        if precision == "fp16":
+            fractions = [matched_fraction(per_image(want, row), per_image(got, row), 0.9, None)[0] for row in range(8)]
+            assert np.mean(fractions) >= 0.95
+
+    onnx_nms = work_dir / "tfod-clip-onnx-nms.onnx"
+    onnx.save(create_onnx.build_graph(converted, clip_to_image=True, onnx_nms=True), str(onnx_nms))
+    result = subprocess.run([sys.executable, str(ROOT / "export_triton.py"), "--onnx", str(onnx_nms), "-r",
+                             str(tmp_path / "repo"), "-n", "clip"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = text_format.Parse((tmp_path / "repo" / "clip" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert [(i.name, list(i.dims)) for i in config.input] == [("input", [size, size, 3]), ("image_size", [2])]
+
+    automl = saved_model_path("d0_hard")
+    result = subprocess.run([sys.executable, str(ROOT / "create_onnx.py"), "--saved_model", automl, "--onnx",
+                             str(tmp_path / "x.onnx"), "--clip_to_image"], capture_output=True, text=True)
+    assert result.returncode == 2 and "for TF2 Object Detection API models" in result.stderr.splitlines()[-1]
+    assert not (tmp_path / "x.onnx").exists()
