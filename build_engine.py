@@ -8,7 +8,7 @@ existing --calib_cache (TensorRT's text format, the same file on every version).
 
 TensorRT 8.6/10.x: builder flags and TensorRT's own calibrators. TensorRT
 11.x builds strongly typed networks only, so the precision is written into the
-ONNX first, on the CPU: a float16 graph (precision.py), or explicit Q/DQ with
+ONNX first, on the CPU: a float16 graph (fp16.py), or explicit Q/DQ with
 scales calibrated through ONNX Runtime (quantize.py). --save_onnx writes the
 graph that will be built; with --save_onnx and no --engine only that work runs
 (no TensorRT or GPU needed).
@@ -19,12 +19,22 @@ import logging
 import os
 import time
 
-from calibration import CACHE_KINDS
-from common import (ArgumentParser, UserError, check_not_an_input, check_output_file, positive_float, positive_int,
-                    run_cli, setup_logging, write_bytes_atomic)
+from efficientdet_trt.convert.self_check import write_checked_onnx
+from efficientdet_trt.core.common import (
+    ArgumentParser,
+    UserError,
+    check_not_an_input,
+    check_output_file,
+    positive_float,
+    positive_int,
+    run_cli,
+    setup_logging,
+    write_bytes_atomic,
+)
+from efficientdet_trt.precision.calibration import CACHE_KINDS
+from efficientdet_trt.precision.quantize import MIXED_KEPT_SCOPES
+from efficientdet_trt.run.onnx_runner import load_detector_onnx
 from image_batcher import add_preprocessing_argument
-from runners import load_detector_onnx
-from self_check import write_checked_onnx
 
 log = logging.getLogger("build_engine")
 
@@ -77,11 +87,11 @@ def check_source_precision(model, path, precision):
 def graph_to_build(model, args, batcher):
     """The ONNX with its precision written in (FP16 conversion, or INT8 Q/DQ calibrated on the CPU)."""
     if args.precision == "fp16":
-        import precision
+        from efficientdet_trt.precision.fp16 import to_fp16
 
-        return precision.to_fp16(model)
+        return to_fp16(model)
     if args.precision in ("int8", "mixed"):
-        import quantize
+        from efficientdet_trt.precision import quantize
 
         return quantize.to_int8(model, args.precision == "mixed", batcher, args.calib_cache,
                                 method=args.calib_method)
@@ -92,7 +102,7 @@ def check_calibration(args, model):
     """INT8 inputs checked on the CPU before any GPU work: an ImageBatcher, or None when a cache is reused."""
     if args.precision not in ("int8", "mixed"):
         return None
-    import calibration
+    from efficientdet_trt.precision import calibration
 
     if args.calib_cache and os.path.isfile(args.calib_cache):
         calibration.read_cache(args.calib_cache, args.calib_method)  # clear errors before building
@@ -101,8 +111,9 @@ def check_calibration(args, model):
     if not args.calib_input:
         raise UserError(f"--precision {args.precision} needs calibration images (--calib_input) or an existing "
                         "calibration cache (--calib_cache)")
+    from efficientdet_trt.run.onnx_runner import onnx_input_dtype, onnx_input_mean, onnx_input_shape, onnx_metadata
+    from efficientdet_trt.run.runner import image_layout
     from image_batcher import FAMILY_KEY, ImageBatcher, Preprocessing, list_images
-    from runners import image_layout, onnx_input_dtype, onnx_input_mean, onnx_input_shape, onnx_metadata
 
     shape = onnx_input_shape(model)
     if shape[0] is not None and shape[0] != args.calib_batch_size:
@@ -128,10 +139,10 @@ def check_calibration(args, model):
 
 
 def build(args, model, batcher):
-    import cuda_memory
-    import trt_adapter
-    import trt_builder
-    from runners import engine_metadata_path, onnx_input_dtype, onnx_metadata
+    from efficientdet_trt.engine import builder as trt_builder
+    from efficientdet_trt.engine import cuda_memory, trt_adapter
+    from efficientdet_trt.engine.tensorrt_runner import engine_metadata_path
+    from efficientdet_trt.run.onnx_runner import onnx_input_dtype, onnx_metadata
 
     trt = trt_adapter.import_tensorrt()
     trt_adapter.check_input_dtype(onnx_input_dtype(model), args.onnx)
@@ -157,8 +168,8 @@ def build(args, model, batcher):
     if args.precision in ("int8", "mixed") and not in_onnx:
         trt_builder.warn_if_partial_cache(network, args.calib_cache)
         calibrator = trt_builder.make_calibrator(batcher, args.calib_cache, cuda, args.calib_method)
-        trt_builder.enable_int8(builder, config, network, calibrator, args.calib_batch_size,
-                                args.precision == "mixed")
+        kept = MIXED_KEPT_SCOPES if args.precision == "mixed" else ()  # the precision stage's decision
+        trt_builder.enable_int8(builder, config, network, calibrator, args.calib_batch_size, kept)
     cache = trt_builder.load_timing_cache(config, args.timing_cache)
     start = time.perf_counter()
     data = trt_builder.build_serialized(builder, network, config, logger, args.onnx)

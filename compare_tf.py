@@ -21,8 +21,18 @@ import os
 import numpy as np
 from tqdm import tqdm
 
-from common import (ArgumentParser, UserError, atomic_output, check_not_an_input, check_output_folder, positive_int,
-                    prepare_output_folder, run_cli, setup_logging, unit_interval)
+from efficientdet_trt.core.common import (
+    ArgumentParser,
+    UserError,
+    atomic_output,
+    check_not_an_input,
+    check_output_folder,
+    positive_int,
+    prepare_output_folder,
+    run_cli,
+    setup_logging,
+    unit_interval,
+)
 from image_batcher import add_preprocessing_argument
 
 log = logging.getLogger("compare_tf")
@@ -49,9 +59,10 @@ def reference_as_coco(per_image, sizes):
 
 def compare_layers(args):
     """--layers: TensorFlow and ONNX Runtime tensor by tensor on the first image."""
-    import layer_compare
+    from efficientdet_trt.evaluate import layer_compare
+    from efficientdet_trt.run.onnx_runner import OnnxCpuRunner
+    from efficientdet_trt.run.tf_runner import TFSavedModelRunner
     from image_batcher import ImageBatcher, Preprocessing
-    from runners import OnnxCpuRunner, TFSavedModelRunner
 
     with OnnxCpuRunner(args.onnx, layout_optimizations=False) as ours, \
             TFSavedModelRunner(args.saved_model, ours.input_hw) as tf_runner:
@@ -75,7 +86,7 @@ TFOD_HEADS = ["decoded boxes (pixels)", "scores (sigmoid)"]
 def tfod_head_deltas(plugin_arrays, row, tf_heads):
     """Max |ours - TF| of a TFOD model's decoded boxes and sigmoid scores, over the anchors the graph keeps
     (those whose box lies entirely outside the input are dropped before NMS, as TFOD drops them after)."""
-    import nms_reference
+    from efficientdet_trt.run import nms_reference
 
     boxes, logits, anchors = plugin_arrays
     tf_boxes, tf_scores = tf_heads
@@ -114,23 +125,24 @@ def main(argv=None):
     setup_logging(args.verbose)
     if args.layers and not args.onnx:
         raise UserError("--layers compares the ONNX graph's tensors with TensorFlow's: give --onnx")
+    from efficientdet_trt.convert.tf_to_onnx import check_saved_model_path
     from image_batcher import check_input_path
-    from tf_to_onnx import check_saved_model_path
 
     check_saved_model_path(args.saved_model)  # the inputs first: loading the models takes seconds
     check_input_path(args.input)
     if args.layers:
         return compare_layers(args)
 
-    import coco_eval
-    from detections import Detections, coco_results, match_detections, split_batch
+    from efficientdet_trt.core.common import check_separate_folders
+    from efficientdet_trt.core.labels import check_label_count, model_labels, read_labels
+    from efficientdet_trt.evaluate import coco
+    from efficientdet_trt.run.detections import Detections, coco_results, match_detections, split_batch
+    from efficientdet_trt.run.open_model import check_model_arguments, open_runner
+    from efficientdet_trt.run.tf_runner import TFSavedModelRunner
     from image_batcher import ImageBatcher, ImageInfo, Preprocessing, load_rgb
-    from infer import check_model_arguments, check_separate_folders, open_runner
-    from labels import check_label_count, model_labels, read_labels
-    from runners import TFSavedModelRunner
     from visualize import concat_visualizations, visualize_detections
 
-    check_model_arguments(args)
+    check_model_arguments(args.engine, args.onnx)
     given_labels = read_labels(args.labels) if args.labels else None
     if args.output:
         check_separate_folders(args.input, args.output)
@@ -140,7 +152,7 @@ def main(argv=None):
         check_output_folder(args.output, "--output")
     truth = {}
     if args.annotations:
-        gt = coco_eval.load_annotations(args.annotations)
+        gt = coco.load_annotations(args.annotations)
         for image in gt.dataset["images"]:
             anns = gt.loadAnns(gt.getAnnIds(imgIds=[image["id"]], iscrowd=None))
             boxes = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
@@ -150,8 +162,8 @@ def main(argv=None):
 
     ours_all, tf_all, sizes = [], [], []
     # ONNX Runtime without its layout optimizations: their summation order alone puts the heads
-    # up to 17x further from TensorFlow's (runners.cpu_session_options).
-    with open_runner(args, layout_optimizations=False) as ours, \
+    # up to 17x further from TensorFlow's (onnx_runner.cpu_session_options).
+    with open_runner(args.engine, args.onnx, verbose=args.verbose, layout_optimizations=False) as ours, \
             TFSavedModelRunner(args.saved_model, ours.input_hw) as tf_runner:
         spec = ours.input_spec()
         check_label_count(given_labels, ours.metadata, args.labels, args.engine or args.onnx)
@@ -223,7 +235,7 @@ def main(argv=None):
     for image_id, found in enumerate(ours_all, start=1):
         results += coco_results(found, image_id)
     reference = reference_as_coco(tf_all, sizes)
-    evaluator = coco_eval.evaluate(reference, results, list(range(1, len(ours_all) + 1))) if total else None
+    evaluator = coco.evaluate(reference, results, list(range(1, len(ours_all) + 1))) if total else None
     rate = matched / total if total else 1.0
     print(f"{len(ours_all)} images; TensorFlow {total} detections, {ours.name} "
           f"{sum(len(f) for f in ours_all)} detections")

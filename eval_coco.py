@@ -14,9 +14,17 @@ import time
 
 from tqdm import tqdm
 
-from common import (ArgumentParser, UserError, atomic_output, check_output_file, positive_int, run_cli, setup_logging,
-                    unit_interval)
-from gpu_preprocess import add_device_argument
+from efficientdet_trt.core.common import (
+    ArgumentParser,
+    UserError,
+    atomic_output,
+    check_output_file,
+    positive_int,
+    run_cli,
+    setup_logging,
+    unit_interval,
+)
+from efficientdet_trt.engine.gpu_preprocess import add_device_argument
 from image_batcher import add_preprocessing_argument
 
 log = logging.getLogger("eval_coco")
@@ -57,16 +65,16 @@ def main(argv=None):
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
 
-    import coco_eval
-    import gpu_preprocess
-    from detections import coco_results, split_batch
+    from efficientdet_trt.core.labels import check_label_count, from_metadata, read_labels
+    from efficientdet_trt.engine import gpu_preprocess
+    from efficientdet_trt.evaluate import coco
+    from efficientdet_trt.run.detections import coco_results, split_batch
+    from efficientdet_trt.run.open_model import check_model_arguments, open_runner
     from image_batcher import Preprocessing, check_input_path
-    from infer import check_model_arguments, open_runner
-    from labels import check_label_count, from_metadata, read_labels
 
     if args.automl_path:
         log.info("--automl_path is not needed: evaluating with pycocotools")
-    check_model_arguments(args)
+    check_model_arguments(args.engine, args.onnx)
     check_input_path(args.input)
     plot = args.plot or (os.path.splitext(args.results)[0] + "_pr.png" if args.results else None)
     inputs = {"--input": args.input, "--annotations": args.annotations, "--engine": args.engine,
@@ -75,15 +83,15 @@ def main(argv=None):
         check_output_file(args.results, "--results", inputs)
     if plot:
         check_output_file(plot, "--plot", inputs)
-    coco = coco_eval.load_annotations(args.annotations)
-    ids_by_name = {image["file_name"]: image["id"] for image in coco.dataset["images"]}
+    ground_truth = coco.load_annotations(args.annotations)
+    ids_by_name = {image["file_name"]: image["id"] for image in ground_truth.dataset["images"]}
     given_labels = read_labels(args.labels) if args.labels else None
-    categories = coco_eval.category_map(coco, given_labels)
+    categories = coco.category_map(ground_truth, given_labels)
 
-    with open_runner(args) as runner:
+    with open_runner(args.engine, args.onnx, verbose=args.verbose) as runner:
         check_label_count(given_labels, runner.metadata, args.labels, args.engine or args.onnx)
         if categories is None:
-            coco_eval.warn_if_names_differ(coco, from_metadata(runner.metadata))
+            coco.warn_if_names_differ(ground_truth, from_metadata(runner.metadata))
         threshold = model_score_threshold(runner)
         if threshold is not None and threshold > MAP_SENSITIVE_THRESHOLD:
             log.warning("the model's NMS score threshold is %g: mAP drops when boxes below it are discarded; "
@@ -96,11 +104,11 @@ def main(argv=None):
         unknown = [p for p in batcher.files if os.path.basename(p) not in ids_by_name]
         if unknown:
             log.warning("%d image(s) are not in %s and are skipped: %s", len(unknown), args.annotations,
-                        coco_eval.first_few(os.path.basename(p) for p in unknown))
+                        coco.first_few(os.path.basename(p) for p in unknown))
             batcher.files = [p for p in batcher.files if os.path.basename(p) in ids_by_name]
         if not batcher.files:
             raise UserError(f"{args.input}: none of its images are named in {args.annotations}")
-        annotated = {a["image_id"] for a in coco.dataset["annotations"]}
+        annotated = {a["image_id"] for a in ground_truth.dataset["annotations"]}
         if not annotated & {ids_by_name[os.path.basename(p)] for p in batcher.files}:
             raise UserError(f"{args.annotations}: none of its annotations belong to the images found in "
                             f"{args.input} (their image_id values match no image entry named like those files); "
@@ -124,22 +132,22 @@ def main(argv=None):
     if missing:
         names = {image_id: name for name, image_id in ids_by_name.items()}
         log.warning("%d annotated image(s) were not evaluated (not in %s, unreadable, or past --max_images): %s",
-                    len(missing), args.input, coco_eval.first_few(names[i] for i in missing))
-    coco_eval.warn_unpredicted_categories(coco, results, evaluated)
+                    len(missing), args.input, coco.first_few(names[i] for i in missing))
+    coco.warn_unpredicted_categories(ground_truth, results, evaluated)
 
     if args.results:
         with atomic_output(args.results, "w") as handle:
             json.dump(results, handle)
-    evaluator = coco_eval.evaluate(coco, results, evaluated)
+    evaluator = coco.evaluate(ground_truth, results, evaluated)
     if plot:
-        coco_eval.plot_precision_recall(evaluator, plot, f"{runner.name} on {len(evaluated)} images")
+        coco.plot_precision_recall(evaluator, plot, f"{runner.name} on {len(evaluated)} images")
     shown = "unknown" if threshold is None else f"{threshold:g}"
-    print(f"COCO bbox evaluation ({coco_eval.evaluation_backend()}): {len(evaluated)} images, {len(results)} "
+    print(f"COCO bbox evaluation ({coco.evaluation_backend()}): {len(evaluated)} images, {len(results)} "
           f"detections, model NMS score threshold {shown}, post-filter {args.nms_threshold:g}, "
           f"{len(evaluated) / elapsed:.1f} images/s")
-    print(coco_eval.format_summary(evaluator))
+    print(coco.format_summary(evaluator))
     print("per-class AP:")
-    print(coco_eval.format_class_table(coco_eval.per_class_ap(evaluator)))
+    print(coco.format_class_table(coco.per_class_ap(evaluator)))
     if plot:
         print(f"precision-recall plot: {plot}")
     return 0

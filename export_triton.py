@@ -20,8 +20,17 @@ import re
 import shutil
 import tempfile
 
-from common import (ArgumentParser, UserError, check_not_an_input, check_output_folder, folder_mode, positive_int,
-                    prepare_output_folder, run_cli, setup_logging)
+from efficientdet_trt.core.common import (
+    ArgumentParser,
+    UserError,
+    check_not_an_input,
+    check_output_folder,
+    folder_mode,
+    positive_int,
+    prepare_output_folder,
+    run_cli,
+    setup_logging,
+)
 
 log = logging.getLogger("export_triton")
 
@@ -48,7 +57,7 @@ def check_free(final, overwrite):
 
 def write_entry(repository, name, model_path, io, config, overwrite=False):
     """Build REPOSITORY/NAME in a temporary folder beside it, then rename it into place."""
-    import triton_config
+    from efficientdet_trt.serve import triton
 
     final = os.path.join(repository, name)
     check_free(final, overwrite)
@@ -57,11 +66,11 @@ def write_entry(repository, name, model_path, io, config, overwrite=False):
         os.chmod(work, folder_mode())  # mkdtemp's folders are 0700
         version = os.path.join(work, "1")
         os.mkdir(version)
-        shutil.copyfile(model_path, os.path.join(version, triton_config.MODEL_FILES[io.platform]))
+        shutil.copyfile(model_path, os.path.join(version, triton.MODEL_FILES[io.platform]))
         with open(os.path.join(work, "config.pbtxt"), "w", encoding="utf-8") as handle:
             handle.write(config)
         if io.class_names:
-            with open(os.path.join(work, triton_config.LABELS_FILE), "w", encoding="utf-8") as handle:
+            with open(os.path.join(work, triton.LABELS_FILE), "w", encoding="utf-8") as handle:
                 handle.write("\n".join(io.class_names) + "\n")
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
@@ -100,8 +109,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
 
-    import labels
-    import triton_config
+    from efficientdet_trt.core import labels
+    from efficientdet_trt.serve import triton
 
     model_path = args.engine or args.onnx
     if os.path.isdir(model_path):
@@ -116,21 +125,21 @@ def main(argv=None):
                                                      "--labels": args.labels}, replaces_folder=True)
     check_free(entry, args.overwrite)
     if args.engine:
-        from runners import read_engine_metadata
+        from efficientdet_trt.engine.tensorrt_runner import read_engine_metadata
 
         metadata = read_engine_metadata(args.engine)
         labels.check_label_count(given, metadata, args.labels, args.engine)
         names = labels.model_labels(metadata, given)
-        io = triton_config.describe_engine(args.engine, names)
+        io = triton.describe_engine(args.engine, names)
     else:
-        from runners import load_detector_onnx, onnx_metadata
+        from efficientdet_trt.run.onnx_runner import load_detector_onnx, onnx_metadata
 
         model = load_detector_onnx(args.onnx, load_external_data=False)
         metadata = onnx_metadata(model)
         labels.check_label_count(given, metadata, args.labels, args.onnx)
         names = labels.model_labels(metadata, given)
-        io = triton_config.describe_onnx(model, args.onnx, args.max_batch_size or DEFAULT_ONNX_BATCH, names)
-    config = triton_config.config_text(io, name, args.max_batch_size, args.instances)
+        io = triton.describe_onnx(model, args.onnx, args.max_batch_size or DEFAULT_ONNX_BATCH, names)
+    config = triton.config_text(io, name, args.max_batch_size, args.instances)
     prepare_output_folder(args.repository, "--repository")
     final = write_entry(args.repository, name, model_path, io, config, args.overwrite)
     log.info("wrote %s (%s); serve it with: tritonserver --model-repository %s", final, io.platform,

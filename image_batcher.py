@@ -39,7 +39,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageOps
 
-from common import UserError
+from efficientdet_trt.core.common import UserError
 
 log = logging.getLogger("image_batcher")
 
@@ -277,8 +277,8 @@ def add_preprocessing_argument(parser):
     parser.add_argument("--preprocessing", choices=[AUTO, *METHODS], default=AUTO,
                         help="how images are fitted into the input: automl (AutoML's own resize arithmetic, "
                         "TensorFlow's bilinear resize, padding with the model's mean colour), tfod (the Object "
-                        "Detection API's keep_aspect_ratio_resizer: TF1's resize, mean-colour padding), nvidia (NVIDIA's "
-                        "sample: Pillow's resize, padding 124,116,104); auto: tfod for TF2 Object Detection API "
+                        "Detection API's keep_aspect_ratio_resizer: TF1's resize, mean-colour padding), nvidia "
+                        "(NVIDIA's sample: Pillow's resize, padding 124,116,104); auto: tfod for TF2 Object Detection API "
                         "graphs, automl for the others (each what its SavedModel does)")
 
 

@@ -21,29 +21,30 @@ import os
 import time
 
 import numpy as np
-
 from tqdm import tqdm
 
-from common import (ArgumentParser, UserError, atomic_output, check_output_file,
-                    check_output_folder, nonnegative_int, positive_int, prepare_output_folder, run_cli, setup_logging,
-                    unit_interval)
-from gpu_preprocess import add_device_argument
+from efficientdet_trt.core.common import (
+    ArgumentParser,
+    UserError,
+    atomic_output,
+    check_output_file,
+    check_output_folder,
+    check_separate_folders,
+    nonnegative_int,
+    positive_int,
+    prepare_output_folder,
+    run_cli,
+    setup_logging,
+    unit_interval,
+)
+from efficientdet_trt.core.output_folder import OutputFolder
+from efficientdet_trt.engine.gpu_preprocess import add_device_argument
+from efficientdet_trt.run.open_model import check_model_arguments, open_runner
 from image_batcher import add_preprocessing_argument
-from output_folder import OutputFolder
 
 log = logging.getLogger("infer")
 
 RESULT_EXTENSIONS = (".txt", ".png")
-
-
-def check_separate_folders(input_path, output):
-    """Refuse an --output that is, contains or lies inside the --input folder (it would read its own results)."""
-    if not os.path.isdir(input_path):
-        return
-    source, target = os.path.realpath(input_path), os.path.realpath(output)
-    if source == target or target.startswith(source + os.sep) or source.startswith(target + os.sep):
-        raise UserError(f"{output}: the output folder must be outside the input folder {input_path} (and not "
-                        "contain it); choose another --output")
 
 
 def check_inputs_not_overwritten(stems, output, other_outputs=()):
@@ -69,22 +70,6 @@ def output_stems(paths, input_root):
     for base in bases:
         counts[base] = counts.get(base, 0) + 1
     return {p: (b if counts[b] == 1 else r) for p, r, b in zip(paths, relative, bases)}
-
-
-def check_model_arguments(args):
-    if bool(args.engine) == bool(args.onnx):
-        raise UserError("give the model with exactly one of --engine (TensorRT) or --onnx (CPU)")
-
-
-def open_runner(args, layout_optimizations=True):
-    """The runner --engine or --onnx names (not yet activated); layout_optimizations: see cpu_session_options."""
-    from runners import OnnxCpuRunner, TensorRTRunner
-
-    check_model_arguments(args)
-    if args.engine:
-        return TensorRTRunner(args.engine, use_cuda_graph=getattr(args, "cuda_graph", False),
-                              verbose=getattr(args, "verbose", False))
-    return OnnxCpuRunner(args.onnx, layout_optimizations=layout_optimizations)
 
 
 def percentile_summary(values_ms):
@@ -148,13 +133,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
 
-    from detections import coco_results, split_batch, write_tsv
-    import gpu_preprocess
+    from efficientdet_trt.core.labels import check_label_count, model_labels, read_labels
+    from efficientdet_trt.engine import gpu_preprocess
+    from efficientdet_trt.run.detections import coco_results, split_batch, write_tsv
     from image_batcher import Preprocessing, check_input_path, load_rgb
-    from labels import check_label_count, model_labels, read_labels
     from visualize import visualize_detections
 
-    check_model_arguments(args)
+    check_model_arguments(args.engine, args.onnx)
     if args.input and not args.output:
         raise UserError("--input needs --output, the folder to write results into")
     if args.output and not args.input:
@@ -168,7 +153,7 @@ def main(argv=None):
         if args.results_json:
             check_output_file(args.results_json, "--results_json", inputs)
         check_output_folder(args.output, "--output")
-    with open_runner(args) as runner:
+    with open_runner(args.engine, args.onnx, cuda_graph=args.cuda_graph, verbose=args.verbose) as runner:
         check_label_count(given_labels, runner.metadata, args.labels, args.engine or args.onnx)
         labels = model_labels(runner.metadata, given_labels)
         batch_size = args.batch_size or runner.fixed_batch or 1

@@ -30,19 +30,21 @@ def main():
     args = parser.parse_args()
 
     import onnx
-
-    import quantize
-    from image_batcher import ImageBatcher
-    from runners import image_layout, onnx_input_shape
     from synthetic_images import write_images
+
+    from efficientdet_trt.precision import quantize
+    from efficientdet_trt.run.onnx_runner import onnx_input_shape
+    from efficientdet_trt.run.runner import image_layout
+    from image_batcher import ImageBatcher
 
     if args.onnx:
         model = onnx.load(args.onnx)
     else:
-        import create_onnx
         from conftest import saved_model_path
 
-        model = create_onnx.build_graph(create_onnx.convert_saved_model(saved_model_path(args.fixture)))
+        from efficientdet_trt.convert import pipeline
+
+        model = pipeline.build_graph(pipeline.convert_saved_model(saved_model_path(args.fixture)))
     layout, (height, width) = image_layout(onnx_input_shape(model), args.onnx or args.fixture)
     image_w, image_h = (int(v) for v in args.image_size.split("x"))
     names = quantize.activation_names(model)

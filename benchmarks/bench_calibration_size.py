@@ -24,9 +24,9 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "fixtures"))
 
 
 def detect(path, folder, height, width):
-    from detections import split_batch
+    from efficientdet_trt.run.detections import split_batch
+    from efficientdet_trt.run.onnx_runner import OnnxCpuRunner
     from image_batcher import ImageBatcher
-    from runners import OnnxCpuRunner
 
     found = {}
     with OnnxCpuRunner(path) as runner:
@@ -39,7 +39,7 @@ def detect(path, folder, height, width):
 
 
 def agreement(reference, ours):
-    from detections import match_detections
+    from efficientdet_trt.run.detections import match_detections
 
     total = matched = 0
     ious, counts = [], []
@@ -64,16 +64,17 @@ def main():
     args = parser.parse_args()
 
     import onnx
-
-    import create_onnx
-    import quantize
     from conftest import saved_model_path
-    from image_batcher import ImageBatcher
-    from runners import image_layout, onnx_input_shape
     from synthetic_images import write_images
 
-    converted = create_onnx.convert_saved_model(args.saved_model or saved_model_path(args.fixture))
-    model = create_onnx.build_graph(converted)
+    from efficientdet_trt.convert import pipeline
+    from efficientdet_trt.precision import quantize
+    from efficientdet_trt.run.onnx_runner import onnx_input_shape
+    from efficientdet_trt.run.runner import image_layout
+    from image_batcher import ImageBatcher
+
+    converted = pipeline.convert_saved_model(args.saved_model or saved_model_path(args.fixture))
+    model = pipeline.build_graph(converted)
     layout, (height, width) = image_layout(onnx_input_shape(model), "the graph")
     names = quantize.activation_names(model)
     sizes = [int(size) for size in args.sizes.split(",")]
@@ -83,7 +84,8 @@ def main():
         held_out = os.path.join(work, "held_out")
         write_images(held_out, args.held_out, width, height, seed=90000)
         reference = detect(fp32_path, held_out, height, width)
-        print(f"{args.saved_model or args.fixture} ({height}x{width}), {args.method} calibration, {len(names)} activation tensors; "
+        print(f"{args.saved_model or args.fixture} ({height}x{width}), {args.method} calibration, "
+              f"{len(names)} activation tensors; "
               f"compared on {args.held_out} held-out images, FP32 "
               f"{np.mean([len(d) for d in reference.values()]):.2f} detections per image")
         print(f"{'images':>6} | {'set':>3} | {'detections/image':>16} | {'FP32 found':>10} | {'mean IoU':>8}")

@@ -24,7 +24,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import coco_eval  # noqa: E402
+from efficientdet_trt.evaluate import coco as coco_eval  # noqa: E402
 
 
 def synthesize(num_images, detections_per_image, seed=0):

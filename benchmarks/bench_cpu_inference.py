@@ -46,11 +46,12 @@ def main():
 
     import onnx
     import tensorflow as tf
-
-    import create_onnx
     from conftest import input_hw, saved_model_path
-    from runners import OnnxCpuRunner, TFSavedModelRunner
     from synthetic_images import make_image
+
+    from efficientdet_trt.convert import pipeline
+    from efficientdet_trt.run.onnx_runner import OnnxCpuRunner
+    from efficientdet_trt.run.tf_runner import TFSavedModelRunner
 
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(args.threads)
@@ -60,7 +61,7 @@ def main():
     options = {} if args.nms_threshold is None else {"nms_threshold": args.nms_threshold}
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = os.path.join(tmp, "model.onnx")
-        onnx.save(create_onnx.build_graph(create_onnx.convert_saved_model(path), **options), onnx_path)
+        onnx.save(pipeline.build_graph(pipeline.convert_saved_model(path), **options), onnx_path)
         ours = OnnxCpuRunner(onnx_path, threads=args.threads).activate()
         theirs = TFSavedModelRunner(path, (height, width)).activate()
         batch8 = np.stack(images).astype(np.float32)

@@ -46,7 +46,7 @@ def run_create_onnx(saved_model, output, extra):
 
 
 def detections(onnx_path, images):
-    from runners import OnnxCpuRunner
+    from efficientdet_trt.run.onnx_runner import OnnxCpuRunner
 
     runner = OnnxCpuRunner(onnx_path).activate()
     return [runner.infer({"input": image[None]}) for image in images]
@@ -74,7 +74,6 @@ def main():
     args = parser.parse_args()
 
     import onnx
-
     from conftest import automl_saved_model
     from synthetic_images import make_image
 

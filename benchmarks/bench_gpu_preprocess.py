@@ -21,10 +21,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests", "fixtures"))
 
-import cuda_memory  # noqa: E402
-import gpu_preprocess  # noqa: E402
-from image_batcher import ImageBatcher, Preprocessing, list_images, load_rgb  # noqa: E402
 from synthetic_images import make_image  # noqa: E402
+
+from efficientdet_trt.engine import (
+    cuda_memory,  # noqa: E402
+    gpu_preprocess,  # noqa: E402
+)
+from image_batcher import ImageBatcher, Preprocessing, list_images, load_rgb  # noqa: E402
 
 
 def _write(job):

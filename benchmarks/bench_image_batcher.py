@@ -28,8 +28,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests", "fixtures"))
 
-from image_batcher import AUTOML, NVIDIA, PAD_COLOR, ImageBatcher, Preprocessing, list_images  # noqa: E402
 from synthetic_images import make_image  # noqa: E402
+
+from image_batcher import AUTOML, NVIDIA, PAD_COLOR, ImageBatcher, Preprocessing, list_images  # noqa: E402
 
 
 def baseline_batches(folder, shape, layout, batch_size, dtype=np.float32):

@@ -17,11 +17,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-import numpy as np  # noqa: E402
-
 import nms_loop_oracle  # noqa: E402
-import nms_reference  # noqa: E402
+import numpy as np  # noqa: E402
 from helpers import random_heads  # noqa: E402
+
+from efficientdet_trt.run import nms_reference  # noqa: E402
 
 
 def per_image(function, images, repeats):

@@ -188,14 +188,13 @@ def pytest_sessionfinish(session):
 @pytest.fixture(scope="session")
 def fixture_model():
     """fixture_model(name) -> (saved_model_path, ConvertedModel, TFReference), each made once."""
-    import create_onnx
-
+    from efficientdet_trt.convert import pipeline
     made = {}
 
     def get(name):
         if name not in made:
             path = saved_model_path(name)
-            converted = create_onnx.convert_saved_model(path)
+            converted = pipeline.convert_saved_model(path)
             made[name] = (path, converted, TFReference(path, input_hw(name)))
         return made[name]
 
@@ -207,19 +206,18 @@ def d0_onnx(fixture_model, tmp_path_factory):
     """The d0_hard fixture converted to ONNX with the default options, written once per session."""
     import onnx
 
-    import create_onnx
-
+    from efficientdet_trt.convert import pipeline
     _, converted, _ = fixture_model("d0_hard")
     path = tmp_path_factory.mktemp("d0_onnx") / "d0.onnx"
-    onnx.save(create_onnx.build_graph(converted), str(path))
+    onnx.save(pipeline.build_graph(converted), str(path))
     return path
 
 
 @pytest.fixture(scope="session")
 def tfod_model():
     """tfod_model(name) -> (saved_model_path, ConvertedModel, active TFSavedModelRunner), each made once."""
-    import create_onnx
-    from runners import TFSavedModelRunner
+    from efficientdet_trt.convert import pipeline
+    from efficientdet_trt.run.tf_runner import TFSavedModelRunner
 
     made = {}
 
@@ -228,7 +226,7 @@ def tfod_model():
             path = tfod_saved_model_path(name)
             size = TFOD_MODELS[name]["image_size"]
             tf_runner = TFSavedModelRunner(path, (size, size)).activate()
-            made[name] = (path, create_onnx.convert_saved_model(path), tf_runner)
+            made[name] = (path, pipeline.convert_saved_model(path), tf_runner)
         return made[name]
 
     return get

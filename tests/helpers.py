@@ -6,8 +6,8 @@ import io
 import numpy as np
 import onnx
 
-from nms_reference import iou_one_to_many
-from runners import OnnxCpuRunner
+from efficientdet_trt.run.nms_reference import iou_one_to_many
+from efficientdet_trt.run.onnx_runner import OnnxCpuRunner
 
 
 def save_and_open(model, path, **runner_options):
@@ -67,7 +67,7 @@ def ap_against_reference(reference, ours):
     """
     from pycocotools.coco import COCO
 
-    import coco_eval
+    from efficientdet_trt.evaluate import coco
 
     def xywh(box):
         y1, x1, y2, x2 = (float(v) for v in box)
@@ -89,7 +89,7 @@ def ap_against_reference(reference, ours):
     truth.dataset = dataset
     with contextlib.redirect_stdout(io.StringIO()):
         truth.createIndex()
-    return float(coco_eval.evaluate(truth, results, [image["id"] for image in dataset["images"]]).stats[0])
+    return float(coco.evaluate(truth, results, [image["id"] for image in dataset["images"]]).stats[0])
 
 
 def random_heads(batch, classes, image_size=512, seed=0, score_step=None):

@@ -10,8 +10,14 @@ Semantics are documented in nms_reference.py. Do not change this file.
 
 import numpy as np
 
-from nms_reference import (EFFICIENT_NMS_MAX_CANDIDATES, EfficientNMSParams, _logit_threshold, decode_center_size,
-                           iou_one_to_many, sigmoid)
+from efficientdet_trt.run.nms_reference import (
+    EFFICIENT_NMS_MAX_CANDIDATES,
+    EfficientNMSParams,
+    _logit_threshold,
+    decode_center_size,
+    iou_one_to_many,
+    sigmoid,
+)
 
 
 def _greedy_nms(boxes, classes, iou_threshold, max_keep, class_agnostic, suppress_at_equal=True, offset=0.0):

@@ -6,11 +6,12 @@ import sys
 import numpy as np
 import onnx
 import pytest
-
 from conftest import ROOT
 from helpers import as_input, matched_fraction, per_image
-from runners import OnnxCpuRunner, TensorRTRunner
 from test_tensorrt_runner import gpu_available, needs_tensorrt_gpu
+
+from efficientdet_trt.engine.tensorrt_runner import TensorRTRunner
+from efficientdet_trt.run.onnx_runner import OnnxCpuRunner
 
 
 def run_build(*args):
@@ -136,10 +137,10 @@ def test_an_output_that_is_the_input_onnx_is_refused(d0_onnx):
 
 def test_an_already_converted_graph_is_a_clear_error(d0_onnx, tmp_path):
     """The float16 graph --save_onnx wrote, given back as input: one line, not onnxconverter's ValueError."""
-    import precision
+    from efficientdet_trt.precision.fp16 import to_fp16
 
     fp16 = tmp_path / "d0-fp16.onnx"
-    onnx.save(precision.to_fp16(onnx.load(str(d0_onnx))), str(fp16))
+    onnx.save(to_fp16(onnx.load(str(d0_onnx))), str(fp16))
     result = run_build("--onnx", str(fp16), "--precision", "fp16", "--save_onnx", str(tmp_path / "again.onnx"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]

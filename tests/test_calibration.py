@@ -3,8 +3,15 @@
 import numpy as np
 import pytest
 
-from calibration import HistogramCollector, entropy_threshold, float_to_hex, format_cache, read_cache, write_cache
-from common import UserError
+from efficientdet_trt.core.common import UserError
+from efficientdet_trt.precision.calibration import (
+    HistogramCollector,
+    entropy_threshold,
+    float_to_hex,
+    format_cache,
+    read_cache,
+    write_cache,
+)
 
 
 def test_uniform_data_keeps_almost_the_whole_range():

@@ -6,19 +6,19 @@ import subprocess
 import sys
 
 import onnx
-from PIL import Image
-
-import create_onnx
 from conftest import NUM_TEST_IMAGES, ROOT, input_hw
 from helpers import coco_annotation
+from PIL import Image
 from synthetic_images import make_image
+
+from efficientdet_trt.convert import pipeline
 
 
 def test_compare_tf_on_the_hard_nms_fixture(fixture_model, tmp_path):
     path, converted, _ = fixture_model("d0_hard")
     size, _ = input_hw("d0_hard")
     onnx_path = tmp_path / "d0-agnostic.onnx"
-    onnx.save(create_onnx.build_graph(converted, class_agnostic=True), str(onnx_path))
+    onnx.save(pipeline.build_graph(converted, class_agnostic=True), str(onnx_path))
     images = tmp_path / "images"
     images.mkdir()
     annotations = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "person"}]}
@@ -49,12 +49,12 @@ def test_layers_report_names_the_first_layer_that_differs(fixture_model, tmp_pat
     import numpy as np
     import onnx_graphsurgeon as gs
 
-    import layer_compare
-    from runners import TFSavedModelRunner
+    from efficientdet_trt.evaluate import layer_compare
+    from efficientdet_trt.run.tf_runner import TFSavedModelRunner
 
     path, converted, reference = fixture_model("lite0_320")
     good = tmp_path / "good.onnx"
-    onnx.save(create_onnx.build_graph(converted), str(good))
+    onnx.save(pipeline.build_graph(converted), str(good))
     images = tmp_path / "images"
     images.mkdir()
     Image.fromarray(reference.images[0]).save(images / "a.png")

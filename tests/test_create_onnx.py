@@ -7,12 +7,12 @@ import sys
 import numpy as np
 import onnx
 import pytest
-
-import create_onnx
-import nms_reference
 from conftest import ROOT, input_hw
 from float64_reference import Float64Heads
 from helpers import as_input, matched_fraction, per_image, save_and_open
+
+from efficientdet_trt.convert import pipeline
+from efficientdet_trt.run import nms_reference
 
 HARD_FIXTURES = ["d0_hard", "lite0_hard", "d0_trained", "lite0_trained", "lite0_320", "d0_640x320"]
 # TF detections on the 8 test images: the random-weight fixtures give 100 per
@@ -78,7 +78,7 @@ def test_parity_with_tensorflow(fixture, shape, run_batches, fixture_model, work
     _, converted, reference = fixture_model(fixture)
     height, width = input_hw(fixture)
     input_shape = shape.format(h=height, w=width)
-    model = create_onnx.build_graph(converted, input_shape=input_shape, class_agnostic=True)
+    model = pipeline.build_graph(converted, input_shape=input_shape, class_agnostic=True)
     name = f"{fixture}-{input_shape.replace(',', 'x')}.onnx"
     runner = save_and_open(model, work_dir / name, layout_optimizations=False)
     layout = runner.input_layout
@@ -121,7 +121,7 @@ def test_parity_with_tensorflow(fixture, shape, run_batches, fixture_model, work
 def test_default_per_class_nms_equals_reference_on_tf_heads(fixture, fixture_model, work_dir):
     """The default graph (per-class NMS, as TensorRT runs it) equals the NMS reference applied to TF's heads."""
     _, converted, reference = fixture_model(fixture)
-    runner = save_and_open(create_onnx.build_graph(converted), work_dir / f"{fixture}-default.onnx")
+    runner = save_and_open(pipeline.build_graph(converted), work_dir / f"{fixture}-default.onnx")
     op, attrs, inputs, _ = runner.plugin
     assert op == "EfficientNMS_TRT" and attrs["class_agnostic"] == 0
     params = nms_reference.EfficientNMSParams.from_attrs(attrs)
@@ -146,7 +146,7 @@ def create_onnx_outputs():
 
 def test_graph_structure(fixture_model):
     _, converted, _ = fixture_model("d0_hard")
-    model = create_onnx.build_graph(converted)
+    model = pipeline.build_graph(converted)
     graph = model.graph
     assert [i.name for i in graph.input] == ["input"]
     dims = [d.dim_param or d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
@@ -177,11 +177,11 @@ def test_graph_structure(fixture_model):
 
 def test_lite_normalisation_is_read_from_the_model(fixture_model):
     _, converted, _ = fixture_model("lite0_hard")
-    model = create_onnx.build_graph(converted)
+    model = pipeline.build_graph(converted)
     values = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
     assert np.allclose(values["preprocessor/mean:0"].reshape(-1), 127.0)
     assert np.allclose(values["preprocessor/inv_std:0"].reshape(-1), 1 / 128.0)
-    imagenet = create_onnx.build_graph(converted, preprocessor="imagenet")
+    imagenet = pipeline.build_graph(converted, preprocessor="imagenet")
     values = {i.name: onnx.numpy_helper.to_array(i) for i in imagenet.graph.initializer}
     assert np.allclose(values["preprocessor/mean:0"].reshape(-1), [123.675, 116.28, 103.53])
 
@@ -189,7 +189,7 @@ def test_lite_normalisation_is_read_from_the_model(fixture_model):
 def test_zero_score_threshold_is_honoured(fixture_model, work_dir, caplog):
     _, converted, reference = fixture_model("d0_hard")
     with caplog.at_level(logging.WARNING):
-        model = create_onnx.build_graph(converted, nms_threshold=0.0, nms_detections=300)
+        model = pipeline.build_graph(converted, nms_threshold=0.0, nms_detections=300)
     assert "below 0.01" in caplog.text
     runner = save_and_open(model, work_dir / "d0-threshold0.onnx")
     assert runner.plugin[1]["score_threshold"] == 0.0
@@ -199,11 +199,11 @@ def test_zero_score_threshold_is_honoured(fixture_model, work_dir, caplog):
 
 def test_legacy_batched_nms_matches_efficient_nms(fixture_model, work_dir):
     _, converted, reference = fixture_model("d0_hard")
-    legacy = save_and_open(create_onnx.build_graph(converted, legacy_plugins=True), work_dir / "d0-legacy.onnx")
+    legacy = save_and_open(pipeline.build_graph(converted, legacy_plugins=True), work_dir / "d0-legacy.onnx")
     op, attrs, _, _ = legacy.plugin
     assert op == "BatchedNMS_TRT"
     assert attrs["numClasses"] == 90 and attrs["keepTopK"] == 100 and attrs["shareLocation"] == 1
-    default = save_and_open(create_onnx.build_graph(converted), work_dir / "d0-default.onnx")
+    default = save_and_open(pipeline.build_graph(converted), work_dir / "d0-default.onnx")
     matched = total = 0
     for image in reference.images:
         feed = {"input": as_input([image], "NHWC")}
@@ -223,12 +223,12 @@ def test_pruned_conversion_equals_the_full_graph_one(fixture_model, work_dir):
     (TensorFlow's NMS and output packing too). Both must give the same model: the same NMS settings, a node
     count no larger, and equal detections on the test images."""
     path, pruned, reference = fixture_model("d0_hard")
-    full = create_onnx.convert_saved_model(path, full_graph=True)
+    full = pipeline.convert_saved_model(path, full_graph=True)
     assert len(pruned.model.graph.node) < len(full.model.graph.node)
     assert not any(node.op_type == "NonMaxSuppression" for node in pruned.model.graph.node)
     assert any(node.op_type == "NonMaxSuppression" for node in full.model.graph.node)
     assert (pruned.family, pruned.tf_nms, pruned.max_detections) == (full.family, full.tf_nms, full.max_detections)
-    models = [create_onnx.build_graph(converted) for converted in (pruned, full)]
+    models = [pipeline.build_graph(converted) for converted in (pruned, full)]
     assert len(models[0].graph.node) <= len(models[1].graph.node)
     runners = [save_and_open(model, work_dir / f"d0-{name}.onnx") for model, name in zip(models, ("pruned", "full"))]
     assert runners[0].plugin[1] == runners[1].plugin[1]
@@ -244,7 +244,7 @@ def test_soft_nms_model_converts_to_hard_nms(fixture_model, work_dir, caplog):
     _, converted, reference = fixture_model("d0_soft")
     assert converted.tf_nms.is_soft
     with caplog.at_level(logging.WARNING):
-        model = create_onnx.build_graph(converted, class_agnostic=True)
+        model = pipeline.build_graph(converted, class_agnostic=True)
     assert "soft" in caplog.text
     runner = save_and_open(model, work_dir / "d0-soft.onnx")
     assert runner.plugin[1]["iou_threshold"] == 0.5
@@ -353,12 +353,12 @@ def test_cli_rejects_a_keras_classifier_and_keeps_existing_output(tmp_path):
 def test_onnx_nonmaxsuppression_route_matches_efficient_nms(fixture, fixture_model, work_dir):
     """The plugin-free graph runs in plain ONNX Runtime and gives the EfficientNMS route's detections."""
     _, converted, reference = fixture_model(fixture)
-    model = create_onnx.build_graph(converted, onnx_nms=True)
+    model = pipeline.build_graph(converted, onnx_nms=True)
     ops = {node.op_type for node in model.graph.node}
     assert "NonMaxSuppression" in ops and not ops & {"EfficientNMS_TRT", "BatchedNMS_TRT"}
     plain = save_and_open(model, work_dir / f"{fixture}-onnx-nms.onnx")
     assert plain.plugin is None  # nothing for NumPy to do: ONNX Runtime runs the whole graph
-    plugin = save_and_open(create_onnx.build_graph(converted), work_dir / f"{fixture}-plugin.onnx")
+    plugin = save_and_open(pipeline.build_graph(converted), work_dir / f"{fixture}-plugin.onnx")
     matched = total = 0
     for size in (1, 4):
         for start in range(0, len(reference.images), size):
@@ -375,5 +375,5 @@ def test_onnx_nonmaxsuppression_route_matches_efficient_nms(fixture, fixture_mod
 
 def test_nms_routes_are_exclusive(fixture_model):
     _, converted, _ = fixture_model("d0_hard")
-    with pytest.raises(create_onnx.UserError, match="choose one"):
-        create_onnx.build_graph(converted, onnx_nms=True, legacy_plugins=True)
+    with pytest.raises(pipeline.UserError, match="choose one"):
+        pipeline.build_graph(converted, onnx_nms=True, legacy_plugins=True)

@@ -11,10 +11,10 @@ import sys
 import time
 
 import onnx
-
-import create_onnx
 from conftest import ROOT, saved_model_path
 from synthetic_images import make_image
+
+from efficientdet_trt.convert import pipeline
 
 
 def script(name, *args, **options):
@@ -263,7 +263,7 @@ def test_webp_and_tiff_are_read_in_folders_and_alone_and_other_files_refused_ali
 def test_a_label_count_that_does_not_match_the_model_is_refused(fixture_model, tmp_path):
     _, converted, _ = fixture_model("d0_hard")
     model = tmp_path / "m.onnx"
-    onnx.save(create_onnx.build_graph(converted, class_names=["c%d" % i for i in range(90)]), str(model))
+    onnx.save(pipeline.build_graph(converted, class_names=["c%d" % i for i in range(90)]), str(model))
     labels = tmp_path / "labels.txt"
     labels.write_text("cat\ndog\n")
     images = images_folder(tmp_path / "images", 1)
@@ -275,7 +275,7 @@ def test_a_label_count_that_does_not_match_the_model_is_refused(fixture_model, t
 
 
 def test_a_blank_line_in_a_labels_file_keeps_every_later_name_on_its_class(tmp_path):
-    from labels import read_labels
+    from efficientdet_trt.core.labels import read_labels
 
     path = tmp_path / "labels.txt"
     path.write_text("person\n\ncar\n\n\n")
@@ -340,7 +340,7 @@ def test_results_json_is_checked_before_inference_and_named_as_itself(d0_onnx, t
 
 
 def test_graph_edits_log_without_the_colored_module_line():
-    code = ("import graph_surgery; from onnx_graphsurgeon.logger import G_LOGGER; "
+    code = ("import efficientdet_trt.convert.graph_surgery; from onnx_graphsurgeon.logger import G_LOGGER; "
             "G_LOGGER.warning('a graph edit warning')")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0 and "a graph edit warning" in result.stdout + result.stderr

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from detections import split_batch
+from efficientdet_trt.run.detections import split_batch
 from image_batcher import ImageInfo
 
 

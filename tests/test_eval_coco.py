@@ -11,15 +11,15 @@ import sys
 import numpy as np
 import onnx
 import pytest
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
-
-import coco_eval
-import create_onnx
-from common import UserError
 from conftest import ROOT
 from helpers import coco_annotation
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 from synthetic_images import make_image
+
+from efficientdet_trt.convert import pipeline
+from efficientdet_trt.core.common import UserError
+from efficientdet_trt.evaluate import coco
 
 CATEGORIES = [{"id": 3, "name": "box"}, {"id": 7, "name": "ball"}, {"id": 12, "name": "blob"}]
 NAMES = ["harbour_dawn", "kitchen-table", "street.corner", "field_b", "alley", "market_7x", "roof", "dock"]
@@ -81,10 +81,10 @@ def perturb(results, kind):
 
 def test_ground_truth_scores_one(dataset):
     _, annotations, data = dataset
-    gt = coco_eval.load_annotations(str(annotations))
-    evaluator = coco_eval.evaluate(gt, ground_truth_as_results(data), [i["id"] for i in data["images"]])
+    gt = coco.load_annotations(str(annotations))
+    evaluator = coco.evaluate(gt, ground_truth_as_results(data), [i["id"] for i in data["images"]])
     assert evaluator.stats[0] == pytest.approx(1.0) and evaluator.stats[1] == pytest.approx(1.0)
-    assert all(ap == pytest.approx(1.0) for _, ap, _ in coco_eval.per_class_ap(evaluator))
+    assert all(ap == pytest.approx(1.0) for _, ap, _ in coco.per_class_ap(evaluator))
 
 
 @pytest.mark.parametrize("backend", ["pycocotools", "faster-coco-eval"])
@@ -92,8 +92,8 @@ def test_ground_truth_scores_one(dataset):
 def test_perturbations_equal_direct_pycocotools(dataset, kind, backend, tmp_path):
     _, annotations, data = dataset
     results = perturb(ground_truth_as_results(data), kind)
-    gt = coco_eval.load_annotations(str(annotations))
-    ours = coco_eval.evaluate(gt, results, [i["id"] for i in data["images"]], backend).stats
+    gt = coco.load_annotations(str(annotations))
+    ours = coco.evaluate(gt, results, [i["id"] for i in data["images"]], backend).stats
     direct = direct_pycocotools(annotations, results, tmp_path)
     assert np.allclose(ours, direct, atol=1e-9, rtol=0)
     assert ours[0] < 0.95
@@ -101,19 +101,19 @@ def test_perturbations_equal_direct_pycocotools(dataset, kind, backend, tmp_path
 
 def test_images_without_detections_still_count(dataset):
     _, annotations, data = dataset
-    gt = coco_eval.load_annotations(str(annotations))
+    gt = coco.load_annotations(str(annotations))
     ids = [i["id"] for i in data["images"]]
     results = [r for r in ground_truth_as_results(data) if r["image_id"] != ids[0]]
-    assert coco_eval.evaluate(gt, results, ids).stats[8] < 1.0  # recall lost on the empty image
-    assert coco_eval.evaluate(gt, results, ids[1:]).stats[8] == pytest.approx(1.0)
+    assert coco.evaluate(gt, results, ids).stats[8] < 1.0  # recall lost on the empty image
+    assert coco.evaluate(gt, results, ids[1:]).stats[8] == pytest.approx(1.0)
 
 
 def test_labels_map_by_name(dataset):
     _, annotations, _ = dataset
-    gt = coco_eval.load_annotations(str(annotations))
-    assert coco_eval.category_map(gt, ["ball", "unknown", "blob"]) == [7, None, 12]
+    gt = coco.load_annotations(str(annotations))
+    assert coco.category_map(gt, ["ball", "unknown", "blob"]) == [7, None, 12]
     with pytest.raises(UserError, match="none of the labels"):
-        coco_eval.category_map(gt, ["cat", "dog"])
+        coco.category_map(gt, ["cat", "dog"])
 
 
 NO_BBOX = ('{"images": [{"id": 1, "file_name": "a.jpg"}], "categories": [{"id": 1, "name": "x"}], '
@@ -131,15 +131,15 @@ def test_malformed_annotations_are_clear_errors(tmp_path, content, fragment):
     path = tmp_path / "bad.json"
     path.write_text(content)
     with pytest.raises(UserError, match=re.escape(fragment)):
-        coco_eval.load_annotations(str(path))
+        coco.load_annotations(str(path))
 
 
 def test_plot_is_written(dataset, tmp_path):
     _, annotations, data = dataset
-    gt = coco_eval.load_annotations(str(annotations))
-    evaluator = coco_eval.evaluate(gt, perturb(ground_truth_as_results(data), "shifted"),
+    gt = coco.load_annotations(str(annotations))
+    evaluator = coco.evaluate(gt, perturb(ground_truth_as_results(data), "shifted"),
                                    [i["id"] for i in data["images"]])
-    coco_eval.plot_precision_recall(evaluator, str(tmp_path / "pr.png"))
+    coco.plot_precision_recall(evaluator, str(tmp_path / "pr.png"))
     assert (tmp_path / "pr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -147,7 +147,7 @@ def test_eval_coco_cli_on_cpu(dataset, fixture_model, tmp_path):
     images, annotations, data = dataset
     _, converted, _ = fixture_model("d0_hard")
     onnx_path = tmp_path / "d0.onnx"
-    onnx.save(create_onnx.build_graph(converted), str(onnx_path))
+    onnx.save(pipeline.build_graph(converted), str(onnx_path))
     results_path = tmp_path / "results.json"
     result = subprocess.run([sys.executable, str(ROOT / "eval_coco.py"), "--onnx", str(onnx_path), "--input",
                              str(images), "--annotations", str(annotations), "--results", str(results_path),
@@ -186,10 +186,10 @@ def test_eval_coco_cli_checks_before_running(dataset, extra, fragment, tmp_path)
 
 def test_model_names_that_contradict_the_category_ids_are_warned_about(dataset, caplog):
     _, annotations, _ = dataset
-    gt = coco_eval.load_annotations(str(annotations))
+    gt = coco.load_annotations(str(annotations))
     with caplog.at_level("WARNING"):
-        coco_eval.warn_if_names_differ(gt, ["a", "b", "box"])  # class 2 -> category 3 "box": consistent
+        coco.warn_if_names_differ(gt, ["a", "b", "box"])  # class 2 -> category 3 "box": consistent
     assert not caplog.records
     with caplog.at_level("WARNING"):
-        coco_eval.warn_if_names_differ(gt, ["a", "b", "ball"])
+        coco.warn_if_names_differ(gt, ["a", "b", "ball"])
     assert "class 2 is 'ball', category 3 is 'box'" in caplog.text and "--labels" in caplog.text

@@ -6,7 +6,7 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 import pytest
 
-import graph_surgery
+from efficientdet_trt.convert import graph_surgery
 
 # (input H, W) -> (output H, W): pyramid steps that halve evenly, that do not (Lite0 at 320:
 # P7 3x3 -> P6 5x5; D0 at 640x320: 3x5 -> 5x10), and ratios no float32 scale

@@ -8,13 +8,13 @@ import sys
 import numpy as np
 import onnx
 import pytest
+from conftest import ROOT
 from google.protobuf import text_format
+from test_tensorrt_runner import build_engine_with_tensorrt, needs_tensorrt_gpu
 from tritonclient.grpc import model_config_pb2
 
-import create_onnx
-import triton_config
-from conftest import ROOT
-from test_tensorrt_runner import build_engine_with_tensorrt, needs_tensorrt_gpu
+from efficientdet_trt.convert import pipeline
+from efficientdet_trt.serve import triton
 
 # model_config_pb2: Triton's ModelConfig protobuf as tritonclient ships it (requirements-test.txt).
 NAMES = ["person", "bicycle"] + [f"class_{i}" for i in range(2, 90)]
@@ -54,7 +54,7 @@ def onnx_graphs(fixture_model, tmp_path_factory):
     paths = {}
     for key, options in graphs.items():
         paths[key] = folder / f"d0-{key}.onnx"
-        onnx.save(create_onnx.build_graph(converted, **options), str(paths[key]))
+        onnx.save(pipeline.build_graph(converted, **options), str(paths[key]))
     return paths
 
 
@@ -138,19 +138,19 @@ def _engine_tensors(batch):
 
 def test_plan_config_from_an_engine_description():
     profile = ((1, 512, 512, 3), (8, 512, 512, 3), (16, 512, 512, 3))
-    io = triton_config.describe_engine_io(_engine_tensors(-1), profile, NAMES)
-    config = text_format.Parse(triton_config.config_text(io, "d0", instances=3), model_config_pb2.ModelConfig())
+    io = triton.describe_engine_io(_engine_tensors(-1), profile, NAMES)
+    config = text_format.Parse(triton.config_text(io, "d0", instances=3), model_config_pb2.ModelConfig())
     assert config.platform == "tensorrt_plan" and config.max_batch_size == 16
     assert list(config.dynamic_batching.preferred_batch_size) == [8, 16]
     assert (config.input[0].data_type, list(config.input[0].dims)) == (model_config_pb2.TYPE_UINT8, [512, 512, 3])
     assert [(g.count, g.kind) for g in config.instance_group] == [(3, model_config_pb2.ModelInstanceGroup.KIND_GPU)]
     assert config.output[3].label_filename == "labels.txt"
-    smaller = text_format.Parse(triton_config.config_text(io, "d0", max_batch_size=4), model_config_pb2.ModelConfig())
+    smaller = text_format.Parse(triton.config_text(io, "d0", max_batch_size=4), model_config_pb2.ModelConfig())
     assert smaller.max_batch_size == 4 and list(smaller.dynamic_batching.preferred_batch_size) == [4]
     with pytest.raises(Exception, match="above the model's largest batch"):
-        triton_config.config_text(io, "d0", max_batch_size=32)
-    fixed = triton_config.describe_engine_io(_engine_tensors(2), (), None)
-    config = text_format.Parse(triton_config.config_text(fixed, "d0"), model_config_pb2.ModelConfig())
+        triton.config_text(io, "d0", max_batch_size=32)
+    fixed = triton.describe_engine_io(_engine_tensors(2), (), None)
+    config = text_format.Parse(triton.config_text(fixed, "d0"), model_config_pb2.ModelConfig())
     assert config.max_batch_size == 0 and list(config.input[0].dims) == [2, 512, 512, 3]
     assert all(not output.label_filename for output in config.output)
 

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from conftest import NUM_TEST_IMAGES, TRAINED_FIXTURES, input_hw
 from helpers import ap_against_reference
 from synthetic_images import make_labelled_image

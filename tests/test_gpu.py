@@ -7,12 +7,11 @@ with `python -m pytest -m gpu tests/test_gpu.py` after `pip install -r requireme
 import numpy as np
 import pytest
 from PIL import Image
-
-import cuda_memory
-import gpu_preprocess
-from common import UserError
-from image_batcher import ImageBatcher, Preprocessing, automl_fitted_size, fit_into, load_rgb, tfod_fitted_size
 from synthetic_images import make_image
+
+from efficientdet_trt.core.common import UserError
+from efficientdet_trt.engine import cuda_memory, gpu_preprocess
+from image_batcher import ImageBatcher, Preprocessing, automl_fitted_size, fit_into, load_rgb, tfod_fitted_size
 
 
 def _device_count():

@@ -6,9 +6,20 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from common import UserError
-from image_batcher import (AUTOML, IMAGENET_MEAN_RGB, NVIDIA, PAD_COLOR, ImageBatcher, ImageInfo, Preprocessing,
-                           fit_image, list_images, load_rgb, resize_bilinear_tf)
+from efficientdet_trt.core.common import UserError
+from image_batcher import (
+    AUTOML,
+    IMAGENET_MEAN_RGB,
+    NVIDIA,
+    PAD_COLOR,
+    ImageBatcher,
+    ImageInfo,
+    Preprocessing,
+    fit_image,
+    list_images,
+    load_rgb,
+    resize_bilinear_tf,
+)
 
 
 def solid(path, mode, value, size=(40, 30)):
@@ -99,9 +110,8 @@ def test_padding_is_mean_colour_bottom_and_right_and_last_batch_zero_padded(tmp_
 def test_automl_preprocessing_equals_automl_own_graph(tmp_path, original, model_hw):
     """The automl canvas, normalised, equals what AutoML's serving code makes of the raw image (TensorFlow)."""
     import tensorflow as tf
-    from tensorflow_examples.lite.model_maker.third_party.efficientdet import inference
-
     from synthetic_images import make_image
+    from tensorflow_examples.lite.model_maker.third_party.efficientdet import inference
 
     mean, std = np.array(IMAGENET_MEAN_RGB), np.array([58.395, 57.12, 57.375])
     image, _ = make_image(*original, seed=7)
@@ -133,8 +143,8 @@ def test_tfod_preprocessing_equals_the_object_detection_apis_own(tmp_path, origi
     import tensorflow as tf
     from object_detection.core import preprocessor
     from object_detection.models.ssd_efficientnet_bifpn_feature_extractor import (
-        SSDEfficientNetBiFPNKerasFeatureExtractor as Extractor)
-
+        SSDEfficientNetBiFPNKerasFeatureExtractor as Extractor,
+    )
     from synthetic_images import make_image
 
     image, _ = make_image(*original, seed=11)

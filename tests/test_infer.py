@@ -9,14 +9,14 @@ import sys
 import numpy as np
 import onnx
 import pytest
-from PIL import Image
-
-import create_onnx
 from conftest import ROOT
-from detections import read_tsv, split_batch
-from image_batcher import ImageBatcher
-from runners import OnnxCpuRunner
+from PIL import Image
 from synthetic_images import make_image
+
+from efficientdet_trt.convert import pipeline
+from efficientdet_trt.run.detections import read_tsv, split_batch
+from efficientdet_trt.run.onnx_runner import OnnxCpuRunner
+from image_batcher import ImageBatcher
 from visualize import class_color
 
 
@@ -25,7 +25,7 @@ def d0_onnx(fixture_model, work_dir):
     _, converted, _ = fixture_model("d0_hard")
     path = work_dir / "infer-d0.onnx"
     if not path.exists():
-        onnx.save(create_onnx.build_graph(converted), str(path))
+        onnx.save(pipeline.build_graph(converted), str(path))
     return str(path)
 
 
@@ -218,17 +218,17 @@ def test_a_valid_onnx_that_is_not_a_detector_is_a_clear_error(tmp_path, two_imag
 
 def test_class_names_travel_in_the_onnx(fixture_model, d0_onnx, tmp_path):
     """create_onnx --labels stores the names; the runner reads them back; without names, COCO's for 90 classes."""
-    import labels
+    from efficientdet_trt.core import labels
 
     _, converted, _ = fixture_model("d0_hard")  # 90 classes, like AutoML's COCO models
     names = [f"shape_{index}" for index in range(90)]
     named = tmp_path / "named.onnx"
-    onnx.save(create_onnx.build_graph(converted, class_names=names), str(named))
+    onnx.save(pipeline.build_graph(converted, class_names=names), str(named))
     with OnnxCpuRunner(str(named)) as runner:
         assert labels.model_labels(runner.metadata) == names
         assert labels.model_labels(runner.metadata, ["x", "y"]) == ["x", "y"]
     with OnnxCpuRunner(d0_onnx) as runner:  # no names stored
         assert labels.model_labels(runner.metadata)[:2] == ["person", "bicycle"]
     assert labels.model_labels({"num_classes": "3"}) == ["class_0", "class_1", "class_2"]
-    with pytest.raises(create_onnx.UserError, match="3 class names but .* has 90 classes"):
-        create_onnx.build_graph(converted, class_names=["a", "b", "c"])
+    with pytest.raises(pipeline.UserError, match="3 class names but .* has 90 classes"):
+        pipeline.build_graph(converted, class_names=["a", "b", "c"])

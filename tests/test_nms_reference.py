@@ -1,12 +1,20 @@
 """The NumPy EfficientNMS_TRT / BatchedNMS_TRT references: hand-made cases, and the fast code against the plain loop."""
 
+import nms_loop_oracle
 import numpy as np
 import pytest
-
-import nms_loop_oracle
 from helpers import random_heads
-from nms_reference import (BatchedNMSParams, EfficientNMSParams, batched_nms, decode_center_size, efficient_nms,
-                           iou_one_to_many, sigmoid, top_k_order)
+
+from efficientdet_trt.run.nms_reference import (
+    BatchedNMSParams,
+    EfficientNMSParams,
+    batched_nms,
+    decode_center_size,
+    efficient_nms,
+    iou_one_to_many,
+    sigmoid,
+    top_k_order,
+)
 
 
 def corners(*rows):

@@ -3,10 +3,10 @@
 import numpy as np
 import onnx
 import pytest
-
-import create_onnx
-import precision
 from helpers import as_input, matched_fraction, per_image, save_and_open
+
+from efficientdet_trt.convert import pipeline
+from efficientdet_trt.precision.fp16 import to_fp16
 
 
 # The random fixtures fill all 100 output slots with near-ties, so FP16's ~1e-3
@@ -19,8 +19,8 @@ from helpers import as_input, matched_fraction, per_image, save_and_open
                                                      ("lite0_trained", False, 0.98)])
 def test_fp16_graph_matches_fp32(fixture, legacy, required, fixture_model, work_dir):
     _, converted, reference = fixture_model(fixture)
-    fp32_model = create_onnx.build_graph(converted, legacy_plugins=legacy)
-    fp16_model = precision.to_fp16(fp32_model)
+    fp32_model = pipeline.build_graph(converted, legacy_plugins=legacy)
+    fp16_model = to_fp16(fp32_model)
     tag = f"{fixture}-{'legacy' if legacy else 'efficient'}"
     fp32 = save_and_open(fp32_model, work_dir / f"{tag}-fp32.onnx")
     fp16 = save_and_open(fp16_model, work_dir / f"{tag}-fp16.onnx")
@@ -28,7 +28,7 @@ def test_fp16_graph_matches_fp32(fixture, legacy, required, fixture_model, work_
     graph = onnx.shape_inference.infer_shapes(fp16_model).graph
     types = {v.name: v.type.tensor_type.elem_type for v in list(graph.value_info) + list(graph.output)}
     types.update({i.name: i.data_type for i in graph.initializer})
-    nms = [n for n in graph.node if n.op_type in precision.NMS_OPS][0]
+    nms = [n for n in graph.node if n.op_type in fp16.NMS_OPS][0]
     assert all(types[name] == onnx.TensorProto.FLOAT for name in nms.input)  # the plugin sees float32 only
     assert [o.name for o in graph.output] == list(create_onnx_outputs())
     assert types["detection_scores"] == onnx.TensorProto.FLOAT and types["detection_boxes"] == onnx.TensorProto.FLOAT

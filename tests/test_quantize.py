@@ -7,16 +7,15 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 import pytest
-
-import calibration
-import create_onnx
-import precision
-import quantize
-from common import UserError
 from conftest import ROOT, TRAINED_FIXTURES, input_hw
 from helpers import ap_against_reference, per_image, save_and_open
-from image_batcher import NVIDIA, ImageBatcher, Preprocessing
 from synthetic_images import write_images
+
+from efficientdet_trt.convert import pipeline
+from efficientdet_trt.core.common import UserError
+from efficientdet_trt.precision import calibration, quantize
+from efficientdet_trt.precision.fp16 import to_fp16
+from image_batcher import NVIDIA, ImageBatcher, Preprocessing
 
 NUM_EVAL_IMAGES = 32
 # The README's precision table was measured with NVIDIA's preprocessing. On the trained
@@ -40,7 +39,7 @@ def _image_size(name):
 def _quantized(fixture_model, folder, name):
     """(fp32 model, image folder, cache path, int8 model, mixed model) of fixture `name`."""
     _, converted, _ = fixture_model(name)
-    model = create_onnx.build_graph(converted)
+    model = pipeline.build_graph(converted)
     width, height = _image_size(name)
     write_images(str(folder / "calib"), 32, width, height, seed=1000, ext="jpg")
     write_images(str(folder / "eval"), NUM_EVAL_IMAGES, width, height, seed=0, ext="jpg")
@@ -81,7 +80,7 @@ def test_every_conv_has_int8_inputs_and_per_channel_int8_weights(d0, half):
     if not half:
         int8 = quantize.to_int8(model, False, None, str(cache), fp16=False)
     float_type = np.float16 if half else np.float32
-    base = precision.to_fp16(model) if half else model
+    base = to_fp16(model) if half else model
     original = {node.name: node for node in gs.import_onnx(base).nodes if node.op == "Conv"}
     assert {o.domain: o.version for o in int8.opset_import}[""] == (19 if half else 13)
     graph = gs.import_onnx(int8)
@@ -149,7 +148,7 @@ def test_int8_and_mixed_accuracy_against_fp32(name, quantized, tmp_path):
     model, folder, _, int8, mixed = quantized(name)
     runners = {kind: save_and_open(m, tmp_path / f"{kind}.onnx")
                for kind, m in (("fp32", model), ("int8", int8), ("mixed", mixed),
-                               ("fp16", precision.to_fp16(model)))}
+                               ("fp16", to_fp16(model)))}
     found = {kind: [] for kind in runners}
     head_error = {kind: [] for kind in runners}
     for batch, infos in ImageBatcher(str(folder / "eval"), input_hw(name), "NHWC", 8, preprocessing=PREPROCESSING):

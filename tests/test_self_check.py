@@ -6,14 +6,14 @@ import sys
 import numpy as np
 import onnx
 import pytest
-from PIL import Image
-
-import create_onnx
-from common import UserError
 from conftest import ROOT, input_hw
 from helpers import as_input, save_and_open
-from self_check import check_onnx, write_checked_onnx
+from PIL import Image
 from synthetic_images import make_image
+
+from efficientdet_trt.convert import pipeline
+from efficientdet_trt.convert.self_check import check_onnx, write_checked_onnx
+from efficientdet_trt.core.common import UserError
 
 PREVIOUS = b"the user's previous model"
 
@@ -42,7 +42,7 @@ def _assert_refused(model, tmp_path, *fragments):
 def test_the_lite0_320_graph_with_naive_resize_scales_is_refused(fixture_model, tmp_path):
     """What create_onnx wrote before exact resizes (scales out / in in float32): it does not load."""
     _, converted, _ = fixture_model("lite0_320")
-    model = create_onnx.build_graph(converted)
+    model = pipeline.build_graph(converted)
     naive = 0
     for tensor in list(model.graph.initializer):
         if tensor.name.endswith("/scales") and onnx.numpy_helper.to_array(tensor)[2] != 2:  # P7 3x3 -> P6 5x5
@@ -54,7 +54,7 @@ def test_the_lite0_320_graph_with_naive_resize_scales_is_refused(fixture_model, 
 
 def test_anchors_that_do_not_match_the_heads_are_refused(fixture_model, tmp_path):
     _, converted, _ = fixture_model("d0_hard")
-    model = create_onnx.build_graph(converted)
+    model = pipeline.build_graph(converted)
     anchors = next(onnx.numpy_helper.to_array(t) for t in model.graph.initializer if t.name == "nms/anchors:0")
     _set_initializer(model, "nms/anchors:0", anchors[:, :-9])
     _assert_refused(model, tmp_path, "anchors")
@@ -63,7 +63,7 @@ def test_anchors_that_do_not_match_the_heads_are_refused(fixture_model, tmp_path
 def test_a_good_graph_passes_and_is_written(fixture_model, tmp_path):
     _, converted, reference = fixture_model("lite0_320")
     target = tmp_path / "model.onnx"
-    write_checked_onnx(str(target), create_onnx.build_graph(converted, input_shape="1,3,320,320"))
+    write_checked_onnx(str(target), pipeline.build_graph(converted, input_shape="1,3,320,320"))
     check_onnx(str(target))
     runner = save_and_open(onnx.load(str(target)), tmp_path / "copy.onnx")
     outputs = runner.infer({"input": as_input(reference.images[:1], "NCHW")})

@@ -6,13 +6,14 @@ import sys
 import numpy as np
 import onnx
 import pytest
-
-import create_onnx
-import cuda_memory
-from common import UserError
 from conftest import ROOT
 from helpers import as_input, matched_fraction, per_image
-from runners import OnnxCpuRunner, TensorRTRunner
+
+from efficientdet_trt.convert import pipeline
+from efficientdet_trt.core.common import UserError
+from efficientdet_trt.engine import cuda_memory
+from efficientdet_trt.engine.tensorrt_runner import TensorRTRunner
+from efficientdet_trt.run.onnx_runner import OnnxCpuRunner
 
 
 def gpu_available():
@@ -50,7 +51,7 @@ def build_engine_with_tensorrt(onnx_path, engine_path, batch_range):
 def test_engine_matches_cpu_reference(fixture_model, work_dir, use_cuda_graph):
     _, converted, reference = fixture_model("d0_hard")
     onnx_path = work_dir / "trt-d0.onnx"
-    onnx.save(create_onnx.build_graph(converted), str(onnx_path))
+    onnx.save(pipeline.build_graph(converted), str(onnx_path))
     engine_path = work_dir / "trt-d0.engine"
     if not engine_path.exists():
         build_engine_with_tensorrt(str(onnx_path), str(engine_path), (1, 4, 8))

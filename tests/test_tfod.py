@@ -7,13 +7,13 @@ import sys
 import numpy as np
 import onnx
 import pytest
-
-import create_onnx
-import nms_reference
 from conftest import ROOT, TFOD_MODELS, saved_model_path
 from helpers import as_input, matched_fraction, per_image, save_and_open
-from image_batcher import fit_image
 from synthetic_images import make_image
+
+from efficientdet_trt.convert import pipeline
+from efficientdet_trt.run import nms_reference
+from image_batcher import fit_image
 
 TFOD_FIXTURES = list(TFOD_MODELS)
 HEAD_TOLERANCE = 1e-4
@@ -46,7 +46,7 @@ def test_recognised_settings(fixture, tfod_model, work_dir):
     _, converted, _ = tfod_model(fixture)
     settings = TFOD_MODELS[fixture]
     size = settings["image_size"]
-    model = create_onnx.build_graph(converted)
+    model = pipeline.build_graph(converted)
     runner = save_and_open(model, work_dir / f"{fixture}-default.onnx")
     assert runner.metadata["efficientdet_family"] == "tfod"
     assert int(runner.metadata["num_classes"]) == settings["num_classes"]
@@ -67,7 +67,7 @@ def test_heads_match_tensorflow(fixture, tfod_model, work_dir):
     """What TFOD's post-processing consumes (decoded boxes, sigmoid scores) equals TF's to 1e-4."""
     _, converted, tf_runner = tfod_model(fixture)
     size = TFOD_MODELS[fixture]["image_size"]
-    runner = save_and_open(create_onnx.build_graph(converted), work_dir / f"{fixture}-heads.onnx",
+    runner = save_and_open(pipeline.build_graph(converted), work_dir / f"{fixture}-heads.onnx",
                            layout_optimizations=False)
     worst_boxes = worst_scores = 0.0
     dropped = 0
@@ -93,7 +93,7 @@ def test_detections_match_tensorflow(fixture, shape, run_batches, tfod_model, wo
     _, converted, tf_runner = tfod_model(fixture)
     size = TFOD_MODELS[fixture]["image_size"]
     input_shape = shape.format(s=size)
-    runner = save_and_open(create_onnx.build_graph(converted, input_shape=input_shape),
+    runner = save_and_open(pipeline.build_graph(converted, input_shape=input_shape),
                            work_dir / f"{fixture}-{input_shape.replace(',', 'x')}.onnx", layout_optimizations=False)
     images = canvases(size)
     reference = [tf_detections(tf_runner, image) for image in images]
@@ -115,13 +115,13 @@ def test_other_nms_routes_match_the_default(tfod_model, work_dir):
     _, converted, _ = tfod_model("tfod_custom")
     size = TFOD_MODELS["tfod_custom"]["image_size"]
     feed = {"input": as_input(canvases(size)[:4], "NHWC")}
-    default = save_and_open(create_onnx.build_graph(converted), work_dir / "tfod-routes-default.onnx").infer(feed)
-    onnx_nms = save_and_open(create_onnx.build_graph(converted, onnx_nms=True), work_dir / "tfod-routes-onnx.onnx")
+    default = save_and_open(pipeline.build_graph(converted), work_dir / "tfod-routes-default.onnx").infer(feed)
+    onnx_nms = save_and_open(pipeline.build_graph(converted, onnx_nms=True), work_dir / "tfod-routes-onnx.onnx")
     assert onnx_nms.plugin is None
     plain = onnx_nms.infer(feed)
-    legacy = save_and_open(create_onnx.build_graph(converted, legacy_plugins=True),
+    legacy = save_and_open(pipeline.build_graph(converted, legacy_plugins=True),
                            work_dir / "tfod-routes-legacy.onnx").infer(feed)
-    agnostic = save_and_open(create_onnx.build_graph(converted, class_agnostic=True),
+    agnostic = save_and_open(pipeline.build_graph(converted, class_agnostic=True),
                              work_dir / "tfod-routes-agnostic.onnx").infer(feed)
     legacy_matched = legacy_total = 0
     for row in range(4):
@@ -145,7 +145,7 @@ def test_fp16_and_int8_graphs_run_and_are_reported(tfod_model, work_dir, tmp_pat
     _, converted, _ = tfod_model("tfod_custom")
     size = TFOD_MODELS["tfod_custom"]["image_size"]
     fp32 = work_dir / "tfod-fp32.onnx"
-    onnx.save(create_onnx.build_graph(converted), str(fp32))
+    onnx.save(pipeline.build_graph(converted), str(fp32))
     write_images(str(tmp_path / "calib"), 16, size, size)
     results = {}
     for precision in ("fp16", "int8"):
@@ -171,7 +171,7 @@ def test_infer_eval_and_compare_tf_run_end_to_end(tfod_model, work_dir, tmp_path
     path, converted, _ = tfod_model("tfod_custom")
     size = TFOD_MODELS["tfod_custom"]["image_size"]
     model_path = tmp_path / "tfod.onnx"
-    onnx.save(create_onnx.build_graph(converted, class_names=["circle", "square", "blob"]), str(model_path))
+    onnx.save(pipeline.build_graph(converted, class_names=["circle", "square", "blob"]), str(model_path))
     images = tmp_path / "images"
     write_images(str(images), 4, size, size * 3 // 4)
 
@@ -209,9 +209,10 @@ PHOTO_SIZES = [(800, 600), (600, 800)]
 def photo_detections(tfod_model, fixture, model, folder, preprocessing="auto"):
     """(TensorFlow's, ours) Detections per photo: TF fed the raw photo (its own resize, padding and
     post-processing), ours the batcher's canvas (and the image sizes, for a --clip_to_image graph)."""
-    from detections import split_batch
-    from image_batcher import ImageBatcher, ImageInfo, Preprocessing, load_rgb
     from synthetic_images import write_images
+
+    from efficientdet_trt.run.detections import split_batch
+    from image_batcher import ImageBatcher, ImageInfo, Preprocessing, load_rgb
 
     _, _, tf_runner = tfod_model(fixture)
     for index, (width, height) in enumerate(PHOTO_SIZES):
@@ -243,7 +244,7 @@ def test_clip_to_image_gives_tensorflows_detections_on_photos(fixture, route, tf
     same class, |score delta| <= 1e-3), as many per photo as TF's. Without it, boxes in the padding take
     NMS places TF gives to detections in the photo."""
     _, converted, _ = tfod_model(fixture)
-    model = create_onnx.build_graph(converted, clip_to_image=True, onnx_nms=route == "onnx_nms")
+    model = pipeline.build_graph(converted, clip_to_image=True, onnx_nms=route == "onnx_nms")
     assert [value.name for value in model.graph.input] == ["input", "image_size"]
     theirs, ours = photo_detections(tfod_model, fixture, model, tmp_path / "photos")
     matched = total = 0
@@ -255,7 +256,7 @@ def test_clip_to_image_gives_tensorflows_detections_on_photos(fixture, route, tf
     print(f"{fixture} {route} --clip_to_image: {matched}/{total} of TensorFlow's detections on photos")
     assert total >= 4 * 50 and matched / total >= 0.99
 
-    plain = create_onnx.build_graph(converted, onnx_nms=route == "onnx_nms")
+    plain = pipeline.build_graph(converted, onnx_nms=route == "onnx_nms")
     theirs, without = photo_detections(tfod_model, fixture, plain, tmp_path / "photos_plain")
     fewer = sum(len(reference) - len(found) for reference, found in zip(theirs, without))
     found = sum(matched_fraction(as_tuple(r), as_tuple(f), 0.99, 1e-3)[0] * len(r) for r, f in zip(theirs, without))
@@ -268,21 +269,20 @@ def test_clip_to_image_graphs_take_every_route_precision_and_the_triton_export(t
     """The legacy plugin route, FP16 and INT8 graphs (build_engine.py --save_onnx) and export_triton.py all
     carry the second input; AutoML models refuse the option before converting."""
     from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
-
     from synthetic_images import write_images
+    from tritonclient.grpc import model_config_pb2
 
     _, converted, _ = tfod_model("tfod_custom")
     size = TFOD_MODELS["tfod_custom"]["image_size"]
     clip = work_dir / "tfod-clip.onnx"
-    onnx.save(create_onnx.build_graph(converted, clip_to_image=True), str(clip))
+    onnx.save(pipeline.build_graph(converted, clip_to_image=True), str(clip))
     canvases_feed = as_input(canvases(size), "NHWC")
     sizes = np.tile(np.array([[size, size]], np.float32), (8, 1))
     sizes[4:6] = [size, size * 3 // 5]  # the narrow photos' part of the canvas (canvases(): 3/5 as wide)
     feed = {"input": canvases_feed, "image_size": sizes}
     want = save_and_open(onnx.load(str(clip)), tmp_path / "fp32.onnx").infer(feed)
     assert want["detection_boxes"][4:6, :, 3].max() <= size * 3 // 5  # clipped to the photo
-    legacy = save_and_open(create_onnx.build_graph(converted, clip_to_image=True, legacy_plugins=True),
+    legacy = save_and_open(pipeline.build_graph(converted, clip_to_image=True, legacy_plugins=True),
                            tmp_path / "legacy.onnx").infer(feed)
     assert legacy["detection_boxes"][4:6, :, 3].max() <= size * 3 // 5 and legacy["num_detections"].min() > 0
     write_images(str(tmp_path / "calib"), 8, size, size)
@@ -301,7 +301,7 @@ def test_clip_to_image_graphs_take_every_route_precision_and_the_triton_export(t
             assert np.mean(fractions) >= 0.95
 
     onnx_nms = work_dir / "tfod-clip-onnx-nms.onnx"
-    onnx.save(create_onnx.build_graph(converted, clip_to_image=True, onnx_nms=True), str(onnx_nms))
+    onnx.save(pipeline.build_graph(converted, clip_to_image=True, onnx_nms=True), str(onnx_nms))
     result = subprocess.run([sys.executable, str(ROOT / "export_triton.py"), "--onnx", str(onnx_nms), "-r",
                              str(tmp_path / "repo"), "-n", "clip"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]

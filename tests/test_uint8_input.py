@@ -8,15 +8,15 @@ import sys
 import numpy as np
 import onnx
 import pytest
-
-import create_onnx
-import precision
-import quantize
 from conftest import ROOT, input_hw
 from helpers import coco_annotation, matched_fraction, per_image, save_and_open
-from image_batcher import ImageBatcher
-from runners import OnnxCpuRunner, onnx_input_dtype
 from synthetic_images import make_labelled_image, write_images
+
+from efficientdet_trt.convert import pipeline
+from efficientdet_trt.precision import quantize
+from efficientdet_trt.precision.fp16 import to_fp16
+from efficientdet_trt.run.onnx_runner import OnnxCpuRunner, onnx_input_dtype
+from image_batcher import ImageBatcher
 
 FIXTURES = ["d0_trained", "lite0_trained"]
 NUM_IMAGES = 16
@@ -52,7 +52,7 @@ def test_uint8_graph_equals_float32_graph(fixture, layout, fixture_model, images
     hw = input_hw(fixture)
     runners = {}
     for dtype in ("float32", "uint8"):
-        model = create_onnx.build_graph(converted, input_format=layout, input_dtype=dtype)
+        model = pipeline.build_graph(converted, input_format=layout, input_dtype=dtype)
         assert onnx_input_dtype(model) == np.dtype(dtype)
         runners[dtype] = save_and_open(model, work_dir / f"{fixture}-{layout}-{dtype}.onnx")
         assert runners[dtype].input_spec().dtype == np.dtype(dtype)
@@ -84,9 +84,9 @@ def test_uint8_fp16_and_int8_graphs_equal_float32_ones(variant, fixture_model, i
     cache = tmp_path / "calibration.cache"
     runners = {}
     for dtype in ("uint8", "float32"):
-        model = create_onnx.build_graph(converted, input_dtype=dtype)
+        model = pipeline.build_graph(converted, input_dtype=dtype)
         if variant == "fp16":
-            model = precision.to_fp16(model)
+            model = to_fp16(model)
         else:
             # Calibrated once, on uint8 batches; the float32 graph reuses that cache (the same tensors).
             batcher = ImageBatcher(str(images), hw, "NHWC", 8, onnx_input_dtype(model), exact_batches=True)
@@ -127,7 +127,7 @@ def test_build_engine_calibrates_a_uint8_graph_without_tensorrt(fixture_model, i
     cache that calibration wrote."""
     _, converted, _ = fixture_model("d0_trained")
     source = tmp_path / "uint8.onnx"
-    onnx.save(create_onnx.build_graph(converted, input_dtype="uint8"), str(source))
+    onnx.save(pipeline.build_graph(converted, input_dtype="uint8"), str(source))
     written, cache = tmp_path / "uint8-int8.onnx", tmp_path / "calibration.cache"
     result = subprocess.run([sys.executable, str(ROOT / "build_engine.py"), "--onnx", str(source), "--precision",
                              "int8", "--calib_input", str(images), "--calib_batch_size", "8", "--calib_cache",
@@ -136,7 +136,7 @@ def test_build_engine_calibrates_a_uint8_graph_without_tensorrt(fixture_model, i
     assert cache.is_file()
     ours = OnnxCpuRunner(str(written)).activate()
     assert ours.input_spec().dtype == np.uint8
-    float_int8 = quantize.to_int8(create_onnx.build_graph(converted), False, None, str(cache))
+    float_int8 = quantize.to_int8(pipeline.build_graph(converted), False, None, str(cache))
     theirs = save_and_open(float_int8, tmp_path / "float32-int8.onnx")
     pixels = _batches(images, input_hw("d0_trained"), "NHWC", np.uint8)
     mine, reference = ours.infer({"input": pixels}), theirs.infer({"input": pixels.astype(np.float32)})
@@ -164,7 +164,7 @@ def test_eval_coco_gives_a_uint8_graph_the_float32_graphs_numbers(fixture_model,
         {"id": 1, "name": "rectangle"}, {"id": 2, "name": "ellipse"}]}))
     printed, written = {}, {}
     for dtype in ("float32", "uint8"):
-        model = create_onnx.build_graph(converted, input_dtype=dtype)
+        model = pipeline.build_graph(converted, input_dtype=dtype)
         onnx.save(model, str(tmp_path / f"{dtype}.onnx"))
         results = tmp_path / f"{dtype}.json"
         result = subprocess.run([sys.executable, str(ROOT / "eval_coco.py"), "--onnx", str(tmp_path / f"{dtype}.onnx"),

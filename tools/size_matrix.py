@@ -85,7 +85,7 @@ def last_error(stderr):
 
 def run_one_image(onnx_path, hw):
     """Print the seconds one image takes through the graph on the CPU (run in a child process)."""
-    from runners import OnnxCpuRunner
+    from efficientdet_trt.run.onnx_runner import OnnxCpuRunner
 
     with OnnxCpuRunner(onnx_path) as runner:
         spec = runner.input_spec()

@@ -15,9 +15,9 @@ import warnings
 import numpy as np
 import onnx
 
-from graph_surgery import OUTPUT_NAMES, add_image_window, cleanup, gs, set_batch_dim
+from efficientdet_trt.convert.graph_surgery import OUTPUT_NAMES, add_image_window, cleanup, gs, set_batch_dim
 
-log = logging.getLogger("precision")
+log = logging.getLogger("fp16")
 
 NMS_OPS = ("EfficientNMS_TRT", "BatchedNMS_TRT")
 

@@ -11,7 +11,7 @@ DequantizeLinear pairs. `to_int8` makes them without TensorRT or a GPU:
   calibrated, so one cache serves int8 and mixed;
 - weights: symmetric per output channel, stored as INT8 in [-127, 127] behind
   a DequantizeLinear (TensorRT's "pre-quantized weights");
-- everything else FP16 (the graph is converted by precision.to_fp16 first, the
+- everything else FP16 (the graph is converted by fp16.to_fp16 first, the
   NMS kept FP32; Q/DQ scales are then float16, opset 19), as TensorRT 8.6/10.x
   runs INT8 with the FP16 flag; mixed therefore keeps its layers in FP16;
 - the scales go to `--calib_cache` in TensorRT's own text format, so a later
@@ -26,9 +26,9 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-import calibration
-from common import UserError
-from graph_surgery import cleanup, gs, infer_shapes
+from efficientdet_trt.convert.graph_surgery import cleanup, gs, infer_shapes
+from efficientdet_trt.core.common import UserError
+from efficientdet_trt.precision import calibration
 
 log = logging.getLogger("quantize")
 
@@ -228,7 +228,7 @@ def to_int8(model, mixed=False, batcher=None, cache_path=None, fp16=True, method
             calibration.write_cache(cache_path, scales, method=method)
             log.info("wrote calibration cache %s", cache_path)
     if fp16:
-        import precision
+        from efficientdet_trt.precision.fp16 import to_fp16
 
-        model = precision.to_fp16(model)
+        model = to_fp16(model)
     return insert_qdq(model, scales, mixed)

@@ -22,7 +22,7 @@ import struct
 
 import numpy as np
 
-from common import UserError, atomic_output
+from efficientdet_trt.core.common import UserError, atomic_output
 
 NUM_BINS = 2048
 NUM_QUANTIZED_BINS = 128

@@ -11,11 +11,12 @@ import json
 import logging
 import os
 
-from common import UserError
+from efficientdet_trt.core.common import UserError
 
 log = logging.getLogger("labels")
 
-COCO_LABELS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "labels_coco.txt")
+_REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+COCO_LABELS = os.path.join(_REPOSITORY, "labels_coco.txt")  # beside the scripts: users pass it with --labels too
 METADATA_KEY = "class_names"
 COCO_CLASS_COUNTS = (90, 91)
 

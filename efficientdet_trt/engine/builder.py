@@ -19,14 +19,13 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
-from common import UserError
-from quantize import MIXED_KEPT_SCOPES
-from trt_adapter import dims_tuple, import_tensorrt
+from efficientdet_trt.core.common import UserError
+from efficientdet_trt.engine.trt_adapter import dims_tuple, import_tensorrt
 
 if TYPE_CHECKING:
     import tensorrt
 
-log = logging.getLogger("trt_builder")
+log = logging.getLogger("builder")
 
 NMS_PLUGINS = ("EfficientNMS_TRT", "BatchedNMS_TRT")
 
@@ -144,7 +143,7 @@ def make_calibrator(batcher, cache_path, cuda, method="entropy"):
     """
     import numpy as np
 
-    from runners import WINDOW_INPUT, window_sizes
+    from efficientdet_trt.run.runner import WINDOW_INPUT, window_sizes
 
     trt = import_tensorrt()
 
@@ -189,7 +188,7 @@ def make_calibrator(batcher, cache_path, cuda, method="entropy"):
 
         def write_calibration_cache(self, cache):
             if cache_path:
-                from common import write_bytes_atomic
+                from efficientdet_trt.core.common import write_bytes_atomic
 
                 write_bytes_atomic(cache_path, bytes(memoryview(cache)))
                 log.info("wrote calibration cache %s", cache_path)
@@ -213,7 +212,7 @@ def warn_if_partial_cache(network: "tensorrt.INetworkDefinition", cache_path):
     A cache written by the 11.x Q/DQ path (quantize.py) holds the Conv inputs only;
     TensorRT 8.6/10.x keeps every layer touching a tensor without a scale out of INT8.
     """
-    import calibration
+    from efficientdet_trt.precision import calibration
 
     if not cache_path or not os.path.isfile(cache_path):
         return
@@ -226,19 +225,20 @@ def warn_if_partial_cache(network: "tensorrt.INetworkDefinition", cache_path):
 
 
 def enable_int8(builder: "tensorrt.Builder", config: "tensorrt.IBuilderConfig",
-                network: "tensorrt.INetworkDefinition", calibrator, calib_batch, mixed):
-    """TensorRT 8.6/10.x implicit INT8: calibrator, INT8+FP16 flags, NMS pinned FP32, stem/blocks_0-2 FP16 if mixed."""
+                network: "tensorrt.INetworkDefinition", calibrator, calib_batch, fp16_scopes=()):
+    """TensorRT 8.6/10.x implicit INT8: calibrator, INT8+FP16 flags, NMS pinned FP32, and the layers whose
+    names contain one of `fp16_scopes` pinned to FP16 (mixed: the precision stage's MIXED_KEPT_SCOPES)."""
     trt = import_tensorrt()
     enable_fp16_with_fp32_nms(config, network)
     config.set_flag(trt.BuilderFlag.INT8)
     config.int8_calibrator = calibrator
     if dims_tuple(network.get_input(0).shape)[0] < 0:  # dynamic batch: calibrate at the calibration batch size
         config.set_calibration_profile(_batch_profile(builder, network, (calib_batch,) * 3))
-    if mixed:
+    if fp16_scopes:
         kept = 0
         for index in range(network.num_layers):
             layer = network.get_layer(index)
-            if any(scope in layer.name for scope in MIXED_KEPT_SCOPES):
+            if any(scope in layer.name for scope in fp16_scopes):
                 layer.precision = trt.float16
                 kept += 1
-        log.info("mixed precision: %d stem and blocks_0..2 layers kept at FP16", kept)
+        log.info("mixed precision: %d layers kept at FP16 (%s)", kept, ", ".join(fp16_scopes))

@@ -16,9 +16,9 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from common import UserError
+from efficientdet_trt.core.common import UserError
 
-log = logging.getLogger("triton_config")
+log = logging.getLogger("triton")
 
 TENSORRT_PLAN, ONNXRUNTIME = "tensorrt_plan", "onnxruntime_onnx"
 MODEL_FILES = {TENSORRT_PLAN: "model.plan", ONNXRUNTIME: "model.onnx"}
@@ -86,8 +86,7 @@ def describe_engine_io(io_tensors, input_profile, class_names=None):
 
 def describe_engine(path, class_names=None):
     """ModelIO of a TensorRT engine file (needs TensorRT and a GPU to deserialize it)."""
-    import cuda_memory
-    import trt_adapter
+    from efficientdet_trt.engine import cuda_memory, trt_adapter
 
     trt_adapter.check_engine_file(path)
     trt = trt_adapter.import_tensorrt()

@@ -13,7 +13,7 @@ import logging
 
 import numpy as np
 
-from common import UserError
+from efficientdet_trt.core.common import UserError
 
 log = logging.getLogger("cuda_memory")
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from common import UserError
+from efficientdet_trt.core.common import UserError
 
 if TYPE_CHECKING:  # the static checks resolve these against TensorRT's stubs
     import tensorrt
@@ -32,7 +32,7 @@ TRT_INSTALL_HINT = ("install TensorRT for your CUDA version (pip install tensorr
 def import_tensorrt():
     """The tensorrt module; a one-line error when it is not installed.
 
-    Helpers here and in trt_builder.py call this instead of taking the module
+    Helpers here and in builder.py call this instead of taking the module
     as a parameter, so pyright checks every TensorRT call against the stubs.
     """
     try:

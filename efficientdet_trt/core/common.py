@@ -298,3 +298,13 @@ def atomic_output(path, mode="wb", check=None):
 def write_bytes_atomic(path, data, check=None):
     with atomic_output(path, "wb", check) as handle:
         handle.write(data)
+
+
+def check_separate_folders(input_path, output):
+    """Refuse an --output that is, contains or lies inside the --input folder (it would read its own results)."""
+    if not os.path.isdir(input_path):
+        return
+    source, target = os.path.realpath(input_path), os.path.realpath(output)
+    if source == target or target.startswith(source + os.sep) or source.startswith(target + os.sep):
+        raise UserError(f"{output}: the output folder must be outside the input folder {input_path} (and not "
+                        "contain it); choose another --output")

@@ -30,9 +30,15 @@ import logging
 
 import numpy as np
 
-import tf_to_onnx
-from common import UserError
-from graph_surgery import ModelParts, Normalization, ancestors, constant_value, find_head_concat
+from efficientdet_trt.convert import tf_to_onnx
+from efficientdet_trt.convert.graph_surgery import (
+    ModelParts,
+    Normalization,
+    ancestors,
+    constant_value,
+    find_head_concat,
+)
+from efficientdet_trt.core.common import UserError
 
 log = logging.getLogger("tfod_graph")
 
@@ -117,7 +123,8 @@ def probe_box_decoder(graph, box_head):
     shift each centre by size / scale and grow each size by exp(1 / scale).
     """
     import onnxruntime as ort
-    from graph_surgery import gs
+
+    from efficientdet_trt.convert.graph_surgery import gs
 
     decoded = find_raw_output(graph, box_head, 4)
     if decoded is None:

@@ -35,10 +35,10 @@ class LayerDiff:
 
 def _onnx_values(graph, names, image):
     """{name: value} of the tensors `names` of an onnx-graphsurgeon graph for one image (it is cut to them)."""
-    from graph_surgery import gs
     import onnxruntime as ort
 
-    from runners import cpu_session_options
+    from efficientdet_trt.convert.graph_surgery import gs
+    from efficientdet_trt.run.onnx_runner import cpu_session_options
 
     tensors = graph.tensors()
     outputs = [tensors[name] for name in names]
@@ -84,7 +84,8 @@ def _tf_values(session, names, image, input_name):
 def compare_layers(onnx_path, tf_runner, image_hwc, layout):
     """LayerDiff rows for one uint8 HxWx3 image at the model's size (tf_runner: an active TFSavedModelRunner)."""
     import onnx
-    from graph_surgery import gs
+
+    from efficientdet_trt.convert.graph_surgery import gs
 
     graph = gs.import_onnx(onnx.load(onnx_path))
     shared = shared_tensors(graph, tf_runner.session.graph)

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common import atomic_output
+from efficientdet_trt.core.common import atomic_output
 
 
 @dataclass
@@ -47,7 +47,7 @@ def match_detections(reference, ours, min_iou=0.5, same_box_px=0.01):
     as IoU 1 (clipping can leave slivers a fraction of a pixel wide, whose IoU
     is unstable).
     """
-    from nms_reference import iou_one_to_many
+    from efficientdet_trt.run.nms_reference import iou_one_to_many
 
     taken = np.zeros(len(ours), dtype=bool)
     matches = np.full(len(reference), -1, dtype=np.int64)

@@ -22,8 +22,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from image_batcher import (AUTOML, TFOD, ImageBatcher, ImageInfo, Preprocessing, automl_fitted_size, list_images,
-                           load_rgb, tfod_fitted_size)
+from image_batcher import (
+    AUTOML,
+    TFOD,
+    ImageBatcher,
+    ImageInfo,
+    Preprocessing,
+    automl_fitted_size,
+    list_images,
+    load_rgb,
+    tfod_fitted_size,
+)
 
 log = logging.getLogger("gpu_preprocess")
 
@@ -117,8 +126,8 @@ def add_device_argument(parser):
 def engine_for_gpu(choice, runner, preprocessing):
     """`runner` when images go to it through the GPU path (a TensorRT runner), else None; a fallback under
     `auto` says why in one log line, under `gpu` it is an error."""
-    from common import UserError
-    from runners import TensorRTRunner
+    from efficientdet_trt.core.common import UserError
+    from efficientdet_trt.engine.tensorrt_runner import TensorRTRunner
 
     if choice == "cpu":
         return None

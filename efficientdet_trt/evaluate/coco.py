@@ -8,9 +8,9 @@ import os
 
 import numpy as np
 
-from common import UserError, atomic_output
+from efficientdet_trt.core.common import UserError, atomic_output
 
-log = logging.getLogger("coco_eval")
+log = logging.getLogger("coco")
 
 SUMMARY_NAMES = [
     "AP @[IoU=0.50:0.95 | area=all | maxDets=100]",

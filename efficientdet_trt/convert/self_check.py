@@ -24,7 +24,7 @@ import logging
 
 import numpy as np
 
-from common import UserError, write_bytes_atomic
+from efficientdet_trt.core.common import UserError, write_bytes_atomic
 
 log = logging.getLogger("self_check")
 
@@ -56,7 +56,7 @@ def check_scene(height, width):
 
 def _check_image(spec):
     """The check scene in the input's layout, shape and type (batch 1 unless fixed)."""
-    from runners import image_layout
+    from efficientdet_trt.run.runner import image_layout
 
     shape = tuple(d if isinstance(d, int) else 1 for d in spec.shape)
     layout, (height, width) = image_layout(shape, "the graph")
@@ -93,7 +93,7 @@ def _plugin_sizes(runner, raw):
 
 def _output_problems(outputs, batch, declared_classes):
     """Problems with the detection outputs that would be this tool's fault, as strings."""
-    from runners import OUTPUT_NAMES
+    from efficientdet_trt.run.runner import OUTPUT_NAMES
 
     missing = [name for name in OUTPUT_NAMES if name not in outputs]
     if missing:
@@ -138,7 +138,7 @@ def _arithmetic_note(outputs):
 def check_onnx(path, shown_as=None, image=None):
     """Load `path` in ONNX Runtime, run one image (the check scene unless given), check what comes out;
     UserError naming `shown_as` if it would be this tool's fault, one warning for the model's arithmetic."""
-    from runners import OnnxCpuRunner
+    from efficientdet_trt.run.onnx_runner import OnnxCpuRunner
 
     shown_as = shown_as or path
     runner = OnnxCpuRunner(path)

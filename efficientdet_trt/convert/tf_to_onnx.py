@@ -1,6 +1,6 @@
 """TensorFlow SavedModel -> raw ONNX (tf2onnx), and what the TF graph says about itself.
 
-With runners.TFSavedModelRunner, the only modules that import TensorFlow (inside
+With run/tf_runner.py (TFSavedModelRunner), the only modules that import TensorFlow (inside
 their functions), and the only one that imports tf2onnx.
 """
 
@@ -10,7 +10,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from common import UserError
+from efficientdet_trt.core.common import UserError
 
 log = logging.getLogger("tf_to_onnx")
 

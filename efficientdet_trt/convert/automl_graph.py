@@ -18,9 +18,15 @@ import logging
 
 import numpy as np
 
-import tf_to_onnx
-from common import UserError
-from graph_surgery import ModelParts, Normalization, ancestors, constant_value, find_head_concat
+from efficientdet_trt.convert import tf_to_onnx
+from efficientdet_trt.convert.graph_surgery import (
+    ModelParts,
+    Normalization,
+    ancestors,
+    constant_value,
+    find_head_concat,
+)
+from efficientdet_trt.core.common import UserError
 
 log = logging.getLogger("automl_graph")
 

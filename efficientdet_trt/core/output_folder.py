@@ -21,7 +21,7 @@ import json
 import logging
 import os
 
-from common import UserError, atomic_output
+from efficientdet_trt.core.common import UserError, atomic_output
 
 log = logging.getLogger("output_folder")
 

@@ -15,7 +15,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.logger import G_LOGGER
 
-from common import UserError
+from efficientdet_trt.core.common import UserError
 
 log = logging.getLogger("graph_surgery")
 G_LOGGER.colors = False  # else every run that logs a graph edit first prints "[W] colored module is not installed"

@@ -1,7 +1,7 @@
 """NumPy reference implementations of TensorRT's NMS plugins.
 
 These run the `EfficientNMS_TRT` and `BatchedNMS_TRT` nodes of a converted
-graph on the CPU (see runners.py), with the semantics of the plugins'
+graph on the CPU (see onnx_runner.py), with the semantics of the plugins'
 documentation (NVIDIA/TensorRT plugin/efficientNMSPlugin/README.md and
 plugin/batchedNMSPlugin/README.md) and, where the documentation is silent,
 of their CUDA kernels:

@@ -1,0 +1,195 @@
+"""`TensorRTRunner`: a TensorRT engine (8.6-11.x, through trt_adapter.py) behind the runner interface.
+
+Buffers come from cuda_memory.py; with GPU preprocessing (gpu_preprocess.py)
+the input is written on the GPU (device_input / infer_device). The ONNX's
+metadata (class names, ...) is kept beside the engine (engine_metadata_path).
+"""
+
+import logging
+import os
+
+import numpy as np
+
+from efficientdet_trt.core.common import UserError
+from efficientdet_trt.engine import trt_adapter
+from efficientdet_trt.run.runner import WINDOW_INPUT, Runner, TensorSpec, window_sizes
+
+log = logging.getLogger("tensorrt_runner")
+
+
+def engine_metadata_path(engine_path):
+    """Where build_engine.py keeps the ONNX's metadata (class names, ...) beside an engine."""
+    return engine_path + ".metadata.json"
+
+
+def read_engine_metadata(engine_path):
+    import json
+
+    path = engine_metadata_path(engine_path)
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError) as error:
+        log.warning("%s: unreadable (%s); the engine's class names are not known", path, error)
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+class TensorRTRunner(Runner):
+    """Runs a TensorRT engine (TensorRT 8.6-11.x) with page-locked buffers on one CUDA stream.
+
+    Dynamic-batch engines run at the batch given (within the profile), never
+    padded to the profile's maximum. With use_cuda_graph, fixed-shape runs are
+    captured once into a CUDA graph and replayed (cuda-python backend only).
+    """
+
+    def __init__(self, engine_path, use_cuda_graph=False, verbose=False):
+        super().__init__()
+        self.path = engine_path
+        self.use_cuda_graph = use_cuda_graph
+        self.verbose = verbose
+        self.name = f"tensorrt:{os.path.basename(engine_path)}"
+        self.last_gpu_ms = None
+
+    def activate_impl(self):
+        from efficientdet_trt.engine import cuda_memory
+
+        trt_adapter.check_engine_file(self.path)
+        try:
+            trt = trt_adapter.import_tensorrt()
+        except UserError as error:
+            raise UserError(f"{self.path}: {error}. To check the model on the CPU instead, run its ONNX with "
+                            "--onnx") from None
+        self.cuda = cuda_memory.load_cuda()
+        cuda_memory.require_gpu(self.cuda)  # before any TensorRT object: TensorRT without a GPU can crash
+        self.metadata = read_engine_metadata(self.path)
+        self.logger = trt_adapter.make_logger(self.verbose)
+        trt_adapter.init_plugins(self.logger)
+        self.runtime = trt.Runtime(self.logger)
+        self.engine = trt_adapter.load_engine(self.runtime, self.logger, self.path)
+        self.context = self.engine.create_execution_context()
+        self.tensors = trt_adapter.io_tensors(self.engine)
+        inputs = [t for t in self.tensors if t[1] and t[0] != WINDOW_INPUT]
+        if len(inputs) != 1:
+            raise UserError(f"{self.path}: expected one image input, found {len(inputs)}")
+        self._input = inputs[0]
+        self._inputs = [t for t in self.tensors if t[1]]
+        self.window_input = WINDOW_INPUT if len(self._inputs) > 1 else None
+        name, _, _, shape = self._input
+        self.batch_range = (shape[0], shape[0])
+        if shape[0] < 0:
+            low, _, high = trt_adapter.profile_shapes(self.engine, name)
+            self.batch_range = (low[0], high[0])
+        self.stream = self.cuda.create_stream()
+        self.events = (self.cuda.create_event(), self.cuda.create_event())
+        self.device = {}
+        self.host = {}
+        self._allocated_batch = None
+        self._graph = None
+        self._graph_batch = None
+        self._device_batch = None
+
+    def _allocate(self, batch):
+        """Device and pinned host buffers for `batch` images (reallocated only when it grows)."""
+        if self._allocated_batch is not None and batch <= self._allocated_batch:
+            return
+        self._free_buffers()
+        for name, _, dtype, shape in self.tensors:
+            full = tuple(batch if (i == 0 and d < 0) else d for i, d in enumerate(shape))
+            self.host[name] = self.cuda.pinned_empty(full, dtype)
+            self.device[name] = self.cuda.malloc(self.host[name].nbytes)
+            self.context.set_tensor_address(name, self.device[name])
+        self._allocated_batch = batch
+        self._graph = None
+
+    def _free_buffers(self):
+        for name, pointer in self.device.items():
+            self.cuda.free(pointer)
+            self.cuda.free_pinned(self.host[name])
+        self.device, self.host = {}, {}
+
+    def deactivate_impl(self):
+        self._free_buffers()
+        self.cuda.destroy_stream(self.stream)
+        del self.context, self.engine, self.runtime
+
+    def input_spec(self):
+        name, _, dtype, shape = self._input
+        return TensorSpec(name, tuple(d if d >= 0 else None for d in shape), dtype)
+
+    def _enqueue(self):
+        if not self.context.execute_async_v3(self.cuda.stream_handle(self.stream)):
+            said = " ".join(self.logger.messages[-3:])
+            raise RuntimeError(f"TensorRT execution failed: {said}")
+
+    def _prepare(self, batch):
+        """Buffers and input shape for a run of `batch` images."""
+        name, _, _, shape = self._input
+        low, high = self.batch_range
+        if not low <= batch <= high:
+            raise UserError(f"{self.path}: batch {batch} is outside the engine's batch range {low}..{high}")
+        self._allocate(batch)
+        if shape[0] < 0:
+            for input_name, _, _, input_shape in self._inputs:
+                self.context.set_input_shape(input_name, (batch,) + tuple(input_shape[1:]))
+
+    def device_input(self, count):
+        """The device pointer of the input binding, ready for `count` images written there on `self.stream`
+        (GPU preprocessing); rows a fixed-batch engine has beyond `count` are zeroed. Run with infer_device."""
+        name, _, dtype, shape = self._input
+        batch = shape[0] if shape[0] >= 0 else count
+        self._prepare(batch)
+        if batch > count:
+            row = int(np.prod(shape[1:])) * np.dtype(dtype).itemsize
+            self.cuda.memset(self.device[name] + count * row, (batch - count) * row, self.stream)
+        self._device_batch = batch
+        return self.device[name]
+
+    def infer_device(self, infos=None):
+        """Run on the input device_input() handed out, already written on the GPU; outputs as infer()'s.
+        A --clip_to_image engine gets its image sizes from `infos` (the batcher's) through the host."""
+        if self.window_input:
+            self._copy_in(self.window_input, window_sizes(self._device_batch, infos, self.input_hw))
+        return self._run(self._device_batch)
+
+    def _copy_in(self, name, array):
+        dtype = next(t[2] for t in self._inputs if t[0] == name)
+        array = np.ascontiguousarray(array, dtype=dtype)
+        host = self.host[name].reshape(-1)[: array.size].reshape(array.shape)
+        host[...] = array
+        self.cuda.copy_to_device(self.device[name], host, self.stream)
+
+    def infer(self, feed):
+        name = self._input[0]
+        batch = len(feed[name])
+        self._prepare(batch)
+        for input_name, _, _, _ in self._inputs:
+            self._copy_in(input_name, feed[input_name])
+        return self._run(batch)
+
+    def _run(self, batch):
+        outputs = [(n, trt_adapter.dims_tuple(self.context.get_tensor_shape(n)))
+                   for n, is_input, _, _ in self.tensors if not is_input]
+        start, end = self.events
+        self.cuda.record_event(start, self.stream)
+        if self.use_cuda_graph and self.cuda.supports_graphs:
+            if self._graph is None or self._graph_batch != batch:
+                self._enqueue()  # TensorRT wants one plain enqueue after a shape change before capture
+                self.cuda.begin_capture(self.stream)
+                self._enqueue()
+                self._graph = self.cuda.end_capture(self.stream)
+                self._graph_batch = batch
+            self.cuda.launch_graph(self._graph, self.stream)
+        else:
+            self._enqueue()
+        self.cuda.record_event(end, self.stream)
+        results = {}
+        for out_name, out_shape in outputs:
+            host = self.host[out_name].reshape(-1)[: int(np.prod(out_shape))].reshape(out_shape)
+            self.cuda.copy_to_host(host, self.device[out_name], self.stream)
+            results[out_name] = host
+        self.cuda.synchronize(self.stream)
+        self.last_gpu_ms = self.cuda.elapsed_ms(start, end)
+        return {k: v.copy() for k, v in results.items()}

@@ -1,0 +1,2 @@
+"""Stage 5: COCO mAP (coco.py) and the layer-by-layer comparison with TensorFlow.
+"""

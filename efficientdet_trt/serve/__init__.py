@@ -1,0 +1,2 @@
+"""Stage 6: Triton Inference Server model configurations for engines and ONNX graphs.
+"""
