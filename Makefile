@@ -38,15 +38,19 @@ typecheck: install
 # synthetic shapes; DEMO_SIZE=128 DEMO_STEPS=1600 is the tests' model, sharing their cached weights)
 # -> ONNX -> detections on new images like those it was trained on (minutes of training generalise
 # to little else).
+# One folder per model setting: another DEMO_SIZE or DEMO_STEPS trains its own model, never reuses another's.
+DEMO_RUN = $(DEMO)/$(DEMO_MODEL)-$(DEMO_SIZE)-$(DEMO_STEPS)steps
+
 demo: install
-	test -f $(DEMO)/saved_model/saved_model.pb || $(PY) tests/fixtures/make_automl_savedmodel.py \
+	test -f $(DEMO_RUN)/saved_model/saved_model.pb || $(PY) tests/fixtures/make_automl_savedmodel.py \
 		--model_name $(DEMO_MODEL) --image_size $(DEMO_SIZE) --train_steps $(DEMO_STEPS) \
-		--weights_cache .cache/fixtures/weights --output $(DEMO)/saved_model
-	$(PY) create_onnx.py --saved_model $(DEMO)/saved_model --onnx $(DEMO)/model.onnx
-	$(PY) tests/fixtures/synthetic_images.py --output $(DEMO)/images --count 6 --width $(DEMO_SIZE) --height $(DEMO_SIZE) --seed 500
-	$(PY) infer.py --onnx $(DEMO)/model.onnx --input $(DEMO)/images --output $(DEMO)/results \
+		--weights_cache .cache/fixtures/weights --output $(DEMO_RUN)/saved_model
+	$(PY) create_onnx.py --saved_model $(DEMO_RUN)/saved_model --onnx $(DEMO_RUN)/model.onnx
+	test -d $(DEMO_RUN)/images || $(PY) tests/fixtures/synthetic_images.py --output $(DEMO_RUN)/images --count 6 \
+		--width $(DEMO_SIZE) --height $(DEMO_SIZE) --seed 500
+	$(PY) infer.py --onnx $(DEMO_RUN)/model.onnx --input $(DEMO_RUN)/images --output $(DEMO_RUN)/results \
 		--labels tests/fixtures/shapes_labels.txt
-	@echo "visualizations and results: $(DEMO)/results"
+	@echo "visualizations and results: $(DEMO_RUN)/results"
 
 benchmark: install
 	$(PY) benchmarks/bench_create_onnx.py

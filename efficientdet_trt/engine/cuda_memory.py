@@ -8,6 +8,7 @@ Two backends behind one small interface:
 Nothing here runs without an NVIDIA driver; `device_count()` answers 0 then.
 """
 
+import atexit
 import ctypes
 import logging
 
@@ -154,6 +155,15 @@ class PyCuda(CudaBackend):
         if self.context is None:
             self.context = self.driver.Device(0).retain_primary_context()
             self.context.push()
+            # pycuda aborts the process at exit if a context is still on its stack
+            atexit.register(self._release_context)
+
+    def _release_context(self):
+        if self.context is not None:
+            self._allocations.clear()  # their memory goes with the context
+            self.context.pop()
+            self.context.detach()
+            self.context = None
 
     def device_name(self):
         return self.driver.Device(0).name()
