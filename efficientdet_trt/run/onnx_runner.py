@@ -115,7 +115,6 @@ class OnnxCpuRunner(Runner):
         self.session = None
         self.plugin = None  # (op, attrs, [input names or constants], output names)
         self._tail = None  # ONNX Runtime session of the ops after the plugin (--clip_to_image), if any
-        self._final_outputs = []
 
     def activate_impl(self):
         import onnxruntime as ort
@@ -139,22 +138,18 @@ class OnnxCpuRunner(Runner):
         self._check_is_detector()
 
     def _check_is_detector(self):
-        """One-line error for a valid ONNX that is not a detector graph from create_onnx.py."""
-        session = self._session()
-        inputs = [value for value in session.get_inputs() if value.name != WINDOW_INPUT]
-        outputs = set(self._final_outputs)
-        missing = [name for name in OUTPUT_NAMES if name not in outputs]
-        if len(inputs) != 1 or missing:
-            found = f"{len(inputs)} inputs" if len(inputs) != 1 else f"no output {missing[0]}"
-            raise UserError(f"{self.path}: not an EfficientDet detector graph from create_onnx.py ({found}); "
-                            "convert the SavedModel with create_onnx.py")
+        """One-line error for a valid ONNX that is not a detector graph from create_onnx.py (its outputs were
+        checked on loading, by check_detector_graph): one image input, besides a --clip_to_image size."""
+        inputs = [value for value in self._session().get_inputs() if value.name != WINDOW_INPUT]
+        if len(inputs) != 1:
+            raise UserError(f"{self.path}: not an EfficientDet detector graph from create_onnx.py ({len(inputs)} "
+                            "inputs); convert the SavedModel with create_onnx.py")
         image_layout(tuple(d if isinstance(d, int) else None for d in self._input.shape), self.path)
 
     def _cut_at_plugin(self, model):
         from efficientdet_trt.convert.graph_surgery import gs
 
         graph = gs.import_onnx(model)
-        self._final_outputs = [value.name for value in model.graph.output]
         plugins = [node for node in graph.nodes if node.op in PLUGIN_OPS]
         if not plugins:
             return model
@@ -167,7 +162,7 @@ class OnnxCpuRunner(Runner):
         graph_outputs = [tensor for tensor in node.inputs if not isinstance(tensor, gs.Constant)]
         for tensor in graph_outputs:
             tensor.dtype = tensor.dtype or np.float32
-        if not set(self.plugin[3]) >= set(self._final_outputs):  # ops after the plugin: the image window
+        if not set(self.plugin[3]) >= {value.name for value in model.graph.output}:  # ops after the plugin: the image window
             self._tail = self._after_plugin(model)
         node.outputs.clear()
         graph.nodes = [other for other in graph.nodes if other is not node]
