@@ -204,32 +204,48 @@ def _bilinear_taps(in_size, out_size, half_pixel=True):
     return lower, upper, (position - floor).astype(np.float32)
 
 
-def resize_bilinear_tf(pixels, new_h, new_w, out=None, half_pixel=True):
-    """[h, w, 3] -> float32 [new_h, new_w, 3] as tf.image.resize(method=bilinear, antialias=False) computes it
-    (half_pixel=False: as TF1's resize_images / resize_bilinear(half_pixel_centers=False) does).
+def _source_rows(image, used):
+    """The rows `used` (sorted, unique) of an RGB image as uint8 [len(used), w * 3]. A PIL image is not
+    converted whole when few of its rows are used (a big photo shrunk): its runs of used rows are cropped."""
+    if isinstance(image, Image.Image):
+        width, height = image.size
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        if 2 * len(used) > height:
+            image = np.asarray(image)
+        else:
+            runs = np.split(used, np.flatnonzero(np.diff(used) != 1) + 1)
+            data = b"".join(image.crop((0, int(run[0]), width, int(run[-1]) + 1)).tobytes() for run in runs)
+            return np.frombuffer(data, np.uint8).reshape(len(used), width * 3)
+    rows = np.ascontiguousarray(image).reshape(image.shape[0], -1)
+    return rows if len(used) == rows.shape[0] else np.take(rows, used, axis=0)
 
-    TensorFlow's float32 arithmetic in its order (x first: top + (bottom - top) * dy of left + (right - left)
-    * dx), so the result is bit-identical to it. Speed: the taps are gathered with np.take in the image's own
-    dtype (a big photo is never converted whole; np.take along an axis is ~3.5x faster than fancy indexing
-    there), along the axis that shrinks the image most first, all four taps in one [2 * new_h, 2 * new_w]
-    block; the arithmetic runs in place; `out` (a float32 [new_h, new_w, 3] view, such as a batch slot)
-    receives the last step directly.
+
+def resize_bilinear_tf(pixels, new_h, new_w, out=None, half_pixel=True):
+    """[h, w, 3] uint8 (an array or an RGB PIL image) -> float32 [new_h, new_w, 3] as
+    tf.image.resize(method=bilinear, antialias=False) computes it (half_pixel=False: as TF1's resize_images /
+    resize_bilinear(half_pixel_centers=False) does).
+
+    TensorFlow's float32 arithmetic in its order (x first: top + (bottom - top) * dx of left + (right - left)
+    * dx), so the result is bit-identical to it. Speed (benchmarks/bench_image_batcher.py): each source row
+    used is interpolated along x once, however many output rows use it (an enlarged image reuses each
+    row up to new_h / h times); the column taps are gathered with one np.take over bytes, in the image's
+    own uint8 (~25% faster than over 3-byte pixels; a big photo is never converted whole, only its used rows
+    are read); the uint8 values become float32 inside the ufuncs; the arithmetic runs in place; `out` (a
+    float32 [new_h, new_w, 3] view, such as a batch slot) receives the last step directly.
     """
-    image = np.asarray(pixels)
-    top, bottom, weight_y = _bilinear_taps(image.shape[0], new_h, half_pixel)
-    left, right, weight_x = _bilinear_taps(image.shape[1], new_w, half_pixel)
-    rows, columns = np.concatenate([top, bottom]), np.concatenate([left, right])
-    if len(rows) * image.shape[1] <= image.shape[0] * len(columns):
-        taps = np.take(np.take(image, rows, axis=0), columns, axis=1)
-    else:
-        taps = np.take(np.take(image, columns, axis=1), rows, axis=0)
-    # [2 * new_h, 2 * new_w, 3] (top; bottom) x (left | right); the uint8 values become float32 inside the
-    # ufuncs (exactly), without converted copies
+    height, width = (pixels.size[1], pixels.size[0]) if isinstance(pixels, Image.Image) else pixels.shape[:2]
+    top, bottom, weight_y = _bilinear_taps(height, new_h, half_pixel)
+    left, right, weight_x = _bilinear_taps(width, new_w, half_pixel)
+    used, row_of = np.unique(np.concatenate([top, bottom]), return_inverse=True)
+    columns = (np.concatenate([left, right])[:, None] * 3 + np.arange(3)).ravel()  # byte offsets of the taps
+    taps = np.take(_source_rows(pixels, used), columns, axis=1, mode="clip").reshape(len(used), 2 * new_w, 3)
     start, end = taps[:, :new_w], taps[:, new_w:]
     across = np.subtract(end, start, dtype=np.float32)
     across *= np.repeat(weight_x, 3).reshape(new_w, 3)  # broadcast over the leading axis only: a faster loop
-    np.add(across, start, out=across)  # start + (end - start) * dx
-    upper, lower = across[:new_h], across[new_h:]
+    np.add(across, start, out=across)  # start + (end - start) * dx, per used source row
+    upper = np.take(across, row_of[:new_h], axis=0)
+    lower = np.take(across, row_of[new_h:], axis=0)
     lower -= upper
     lower *= weight_y[:, None, None]
     return np.add(lower, upper, out=out)  # upper + (lower - upper) * dy
@@ -250,10 +266,13 @@ def fit_into(image, original_size, out, layout, preprocessing=Preprocessing()):
         half_pixel = preprocessing.method == AUTOML
         new_w, new_h = fitted(original_size[0], original_size[1], height, width)
         if out.dtype == np.float32:
-            resize_bilinear_tf(np.asarray(image), new_h, new_w, out=view[:new_h, :new_w], half_pixel=half_pixel)
+            resize_bilinear_tf(image, new_h, new_w, out=view[:new_h, :new_w], half_pixel=half_pixel)
         else:
-            resized = resize_bilinear_tf(np.asarray(image), new_h, new_w, half_pixel=half_pixel)
-            view[:new_h, :new_w] = np.clip(np.rint(resized, out=resized), 0, 255, out=resized) if integer else resized
+            resized = resize_bilinear_tf(image, new_h, new_w, half_pixel=half_pixel)
+            if integer:  # rounded to the nearest and clipped on the way into the batch
+                np.clip(np.rint(resized, out=resized), 0, 255, out=view[:new_h, :new_w], casting="unsafe")
+            else:
+                view[:new_h, :new_w] = resized
     else:
         new_w, new_h = fitted_size(original_size[0], original_size[1], height, width)
         view[:new_h, :new_w] = np.asarray(image.resize((new_w, new_h), resample=Image.BILINEAR))

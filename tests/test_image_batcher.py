@@ -172,13 +172,16 @@ def test_legacy_bilinear_resize_is_tf1s_to_the_bit():
         assert np.array_equal(resize_bilinear_tf(pixels, *out_hw, half_pixel=False), theirs)
 
 
-@pytest.mark.parametrize("in_hw,out_hw", [((480, 640), (384, 512)), ((100, 37), (512, 190)), ((7, 9), (3, 4))])
+@pytest.mark.parametrize("in_hw,out_hw", [((480, 640), (384, 512)), ((100, 37), (512, 190)), ((7, 9), (3, 4)),
+                                          ((2000, 3000), (341, 512)), ((1, 1), (5, 3)), ((9, 1000), (2, 512))])
 def test_bilinear_resize_is_tensorflows_to_the_bit(in_hw, out_hw):
+    """From an array and from a PIL image (whose used rows are read by crops when it shrinks more than 2x)."""
     import tensorflow as tf
 
     pixels = np.random.default_rng(0).integers(0, 256, (*in_hw, 3)).astype(np.uint8)
     theirs = tf.image.resize(tf.cast(pixels, tf.float32), out_hw, method="bilinear").numpy()
     assert np.array_equal(resize_bilinear_tf(pixels, *out_hw), theirs)
+    assert np.array_equal(resize_bilinear_tf(Image.fromarray(pixels), *out_hw), theirs)
 
 
 @pytest.mark.parametrize("original", [(1000, 300), (300, 1000), (100, 80), (640, 480), (512, 512), (37, 1200)])
