@@ -111,9 +111,10 @@ def check_calibration(args, model):
     if not args.calib_input:
         raise UserError(f"--precision {args.precision} needs calibration images (--calib_input) or an existing "
                         "calibration cache (--calib_cache)")
+    from efficientdet_trt.core.metadata import FAMILY_KEY
     from efficientdet_trt.run.onnx_runner import onnx_input_dtype, onnx_input_mean, onnx_input_shape, onnx_metadata
     from efficientdet_trt.run.runner import image_layout
-    from image_batcher import FAMILY_KEY, ImageBatcher, Preprocessing, list_images
+    from image_batcher import ImageBatcher, Preprocessing, list_images
 
     shape = onnx_input_shape(model)
     if shape[0] is not None and shape[0] != args.calib_batch_size:

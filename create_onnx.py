@@ -12,11 +12,12 @@ before it is kept: ONNX Runtime loads it and runs one image through it
 an engine with build_engine.py.
 """
 
+import dataclasses
 import logging
 import os
 import time
 
-from efficientdet_trt.convert.pipeline import build_graph, check_options, convert_saved_model
+from efficientdet_trt.convert.pipeline import GraphOptions, build_graph, convert_saved_model
 from efficientdet_trt.convert.self_check import write_checked_onnx
 from efficientdet_trt.core.common import (
     ArgumentParser,
@@ -77,16 +78,18 @@ def main(argv=None):
     setup_logging(args.verbose)
     start = time.perf_counter()
     # Everything that can be checked without the model, before TensorFlow spends 30 s or more on it.
-    from efficientdet_trt.convert.tf_to_onnx import TFOD, check_saved_model_path, family_of
+    from efficientdet_trt.convert.tf_to_onnx import check_saved_model_path, family_of
     from efficientdet_trt.core import labels
+    from efficientdet_trt.core.metadata import TFOD_FAMILY
 
     check_saved_model_path(args.saved_model)
-    if args.clip_to_image and family_of(args.saved_model) not in (TFOD, None):
+    if args.clip_to_image and family_of(args.saved_model) not in (TFOD_FAMILY, None):
         raise UserError(f"{args.saved_model}: --clip_to_image is for TF2 Object Detection API models (their "
                         "post-processing clips to each image); this is an AutoML one")
-    check_options(args.input_shape, args.input_format, args.input_size, args.legacy_plugins, args.class_agnostic,
-                  args.onnx_nms)
-    class_names = labels.read_labels(args.labels) if args.labels else None
+    options = GraphOptions(**{field.name: getattr(args, field.name) for field in dataclasses.fields(GraphOptions)
+                              if field.name != "class_names"}).check()
+    if args.labels:
+        options = dataclasses.replace(options, class_names=labels.read_labels(args.labels))
     inputs = {"--saved_model": args.saved_model, "--labels": args.labels}
     check_output_file(args.onnx, "--onnx", inputs)
     if args.tf2onnx:
@@ -94,9 +97,7 @@ def main(argv=None):
     if os.path.realpath(args.onnx) == os.path.realpath(args.tf2onnx or ""):
         raise UserError(f"{args.onnx}: --onnx and --tf2onnx name the same file; give them different names")
     converted = convert_saved_model(args.saved_model, args.tf2onnx, args.opset, args.full_graph)
-    model = build_graph(converted, args.input_shape, args.input_format, args.input_size, args.preprocessor,
-                        args.nms_threshold, args.iou_threshold, args.nms_detections, args.legacy_plugins,
-                        args.class_agnostic, args.onnx_nms, class_names, args.input_dtype, args.clip_to_image)
+    model = build_graph(converted, options)
     write_checked_onnx(args.onnx, model)
     log.info("wrote %s in %.1f s", args.onnx, time.perf_counter() - start)
     return 0

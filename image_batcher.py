@@ -40,6 +40,7 @@ import numpy.typing as npt
 from PIL import Image, ImageOps
 
 from efficientdet_trt.core.common import UserError
+from efficientdet_trt.core.metadata import FAMILY_KEY, TFOD_FAMILY
 
 log = logging.getLogger("image_batcher")
 
@@ -51,7 +52,6 @@ IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)  # 0.485, 0.456, 0.406 x 255
 AUTOML, TFOD, NVIDIA = "automl", "tfod", "nvidia"  # preprocessing methods (not graph families)
 AUTO = "auto"
 METHODS = (AUTOML, TFOD, NVIDIA)
-FAMILY_KEY = "efficientdet_family"  # create_onnx.py's metadata: "automl" or "tfod"
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ class Preprocessing:
         """`automl` and `tfod` pad with the model's mean colour (ImageNet's when unknown: both families'
         defaults), `nvidia` with its fixed colour; `auto` is `tfod` for a TFOD graph (`family`), else `automl`."""
         if method == AUTO:
-            method = TFOD if family == "tfod" else AUTOML
+            method = TFOD if family == TFOD_FAMILY else AUTOML
         if method not in METHODS:
             raise ValueError(f"preprocessing must be one of {METHODS}, not {method!r}")
         if method == NVIDIA:
@@ -166,7 +166,8 @@ def load_rgb(path, draft_box=None):
         image = Image.fromarray((array >> 8 if array.max() > 255 else array).astype(np.uint8), "L")
     elif image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
-    return image.convert("RGB"), original
+    # convert() copies even an RGB image: a 24 MB copy of a 6 MP photo for nothing
+    return (image if image.mode == "RGB" else image.convert("RGB")), original
 
 
 def fitted_size(original_w, original_h, height, width):

@@ -61,7 +61,7 @@ def main():
     options = {} if args.nms_threshold is None else {"nms_threshold": args.nms_threshold}
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = os.path.join(tmp, "model.onnx")
-        onnx.save(pipeline.build_graph(pipeline.convert_saved_model(path), **options), onnx_path)
+        onnx.save(pipeline.build_graph(pipeline.convert_saved_model(path), pipeline.GraphOptions(**options)), onnx_path)
         ours = OnnxCpuRunner(onnx_path, threads=args.threads).activate()
         theirs = TFSavedModelRunner(path, (height, width)).activate()
         batch8 = np.stack(images).astype(np.float32)

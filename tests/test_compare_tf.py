@@ -18,7 +18,7 @@ def test_compare_tf_on_the_hard_nms_fixture(fixture_model, tmp_path):
     path, converted, _ = fixture_model("d0_hard")
     size, _ = input_hw("d0_hard")
     onnx_path = tmp_path / "d0-agnostic.onnx"
-    onnx.save(pipeline.build_graph(converted, class_agnostic=True), str(onnx_path))
+    onnx.save(pipeline.build_graph(converted, pipeline.GraphOptions(class_agnostic=True)), str(onnx_path))
     images = tmp_path / "images"
     images.mkdir()
     annotations = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "person"}]}

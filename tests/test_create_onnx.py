@@ -78,7 +78,7 @@ def test_parity_with_tensorflow(fixture, shape, run_batches, fixture_model, work
     _, converted, reference = fixture_model(fixture)
     height, width = input_hw(fixture)
     input_shape = shape.format(h=height, w=width)
-    model = pipeline.build_graph(converted, input_shape=input_shape, class_agnostic=True)
+    model = pipeline.build_graph(converted, pipeline.GraphOptions(input_shape=input_shape, class_agnostic=True))
     name = f"{fixture}-{input_shape.replace(',', 'x')}.onnx"
     runner = save_and_open(model, work_dir / name, layout_optimizations=False)
     layout = runner.input_layout
@@ -181,7 +181,7 @@ def test_lite_normalisation_is_read_from_the_model(fixture_model):
     values = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
     assert np.allclose(values["preprocessor/mean:0"].reshape(-1), 127.0)
     assert np.allclose(values["preprocessor/inv_std:0"].reshape(-1), 1 / 128.0)
-    imagenet = pipeline.build_graph(converted, preprocessor="imagenet")
+    imagenet = pipeline.build_graph(converted, pipeline.GraphOptions(preprocessor="imagenet"))
     values = {i.name: onnx.numpy_helper.to_array(i) for i in imagenet.graph.initializer}
     assert np.allclose(values["preprocessor/mean:0"].reshape(-1), [123.675, 116.28, 103.53])
 
@@ -189,7 +189,7 @@ def test_lite_normalisation_is_read_from_the_model(fixture_model):
 def test_zero_score_threshold_is_honoured(fixture_model, work_dir, caplog):
     _, converted, reference = fixture_model("d0_hard")
     with caplog.at_level(logging.WARNING):
-        model = pipeline.build_graph(converted, nms_threshold=0.0, nms_detections=300)
+        model = pipeline.build_graph(converted, pipeline.GraphOptions(nms_threshold=0.0, nms_detections=300))
     assert "below 0.01" in caplog.text
     runner = save_and_open(model, work_dir / "d0-threshold0.onnx")
     assert runner.plugin[1]["score_threshold"] == 0.0
@@ -199,7 +199,8 @@ def test_zero_score_threshold_is_honoured(fixture_model, work_dir, caplog):
 
 def test_legacy_batched_nms_matches_efficient_nms(fixture_model, work_dir):
     _, converted, reference = fixture_model("d0_hard")
-    legacy = save_and_open(pipeline.build_graph(converted, legacy_plugins=True), work_dir / "d0-legacy.onnx")
+    legacy = save_and_open(pipeline.build_graph(converted, pipeline.GraphOptions(legacy_plugins=True)),
+                           work_dir / "d0-legacy.onnx")
     op, attrs, _, _ = legacy.plugin
     assert op == "BatchedNMS_TRT"
     assert attrs["numClasses"] == 90 and attrs["keepTopK"] == 100 and attrs["shareLocation"] == 1
@@ -244,7 +245,7 @@ def test_soft_nms_model_converts_to_hard_nms(fixture_model, work_dir, caplog):
     _, converted, reference = fixture_model("d0_soft")
     assert converted.tf_nms.is_soft
     with caplog.at_level(logging.WARNING):
-        model = pipeline.build_graph(converted, class_agnostic=True)
+        model = pipeline.build_graph(converted, pipeline.GraphOptions(class_agnostic=True))
     assert "soft" in caplog.text
     runner = save_and_open(model, work_dir / "d0-soft.onnx")
     assert runner.plugin[1]["iou_threshold"] == 0.5
@@ -353,7 +354,7 @@ def test_cli_rejects_a_keras_classifier_and_keeps_existing_output(tmp_path):
 def test_onnx_nonmaxsuppression_route_matches_efficient_nms(fixture, fixture_model, work_dir):
     """The plugin-free graph runs in plain ONNX Runtime and gives the EfficientNMS route's detections."""
     _, converted, reference = fixture_model(fixture)
-    model = pipeline.build_graph(converted, onnx_nms=True)
+    model = pipeline.build_graph(converted, pipeline.GraphOptions(onnx_nms=True))
     ops = {node.op_type for node in model.graph.node}
     assert "NonMaxSuppression" in ops and not ops & {"EfficientNMS_TRT", "BatchedNMS_TRT"}
     plain = save_and_open(model, work_dir / f"{fixture}-onnx-nms.onnx")
@@ -376,4 +377,4 @@ def test_onnx_nonmaxsuppression_route_matches_efficient_nms(fixture, fixture_mod
 def test_nms_routes_are_exclusive(fixture_model):
     _, converted, _ = fixture_model("d0_hard")
     with pytest.raises(pipeline.UserError, match="choose one"):
-        pipeline.build_graph(converted, onnx_nms=True, legacy_plugins=True)
+        pipeline.build_graph(converted, pipeline.GraphOptions(onnx_nms=True, legacy_plugins=True))

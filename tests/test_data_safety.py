@@ -263,7 +263,8 @@ def test_webp_and_tiff_are_read_in_folders_and_alone_and_other_files_refused_ali
 def test_a_label_count_that_does_not_match_the_model_is_refused(fixture_model, tmp_path):
     _, converted, _ = fixture_model("d0_hard")
     model = tmp_path / "m.onnx"
-    onnx.save(pipeline.build_graph(converted, class_names=["c%d" % i for i in range(90)]), str(model))
+    names = ["c%d" % i for i in range(90)]
+    onnx.save(pipeline.build_graph(converted, pipeline.GraphOptions(class_names=names)), str(model))
     labels = tmp_path / "labels.txt"
     labels.write_text("cat\ndog\n")
     images = images_folder(tmp_path / "images", 1)

@@ -54,7 +54,7 @@ def onnx_graphs(fixture_model, tmp_path_factory):
     paths = {}
     for key, options in graphs.items():
         paths[key] = folder / f"d0-{key}.onnx"
-        onnx.save(pipeline.build_graph(converted, **options), str(paths[key]))
+        onnx.save(pipeline.build_graph(converted, pipeline.GraphOptions(**options)), str(paths[key]))
     return paths
 
 

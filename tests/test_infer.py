@@ -223,7 +223,7 @@ def test_class_names_travel_in_the_onnx(fixture_model, d0_onnx, tmp_path):
     _, converted, _ = fixture_model("d0_hard")  # 90 classes, like AutoML's COCO models
     names = [f"shape_{index}" for index in range(90)]
     named = tmp_path / "named.onnx"
-    onnx.save(pipeline.build_graph(converted, class_names=names), str(named))
+    onnx.save(pipeline.build_graph(converted, pipeline.GraphOptions(class_names=names)), str(named))
     with OnnxCpuRunner(str(named)) as runner:
         assert labels.model_labels(runner.metadata) == names
         assert labels.model_labels(runner.metadata, ["x", "y"]) == ["x", "y"]
@@ -231,4 +231,4 @@ def test_class_names_travel_in_the_onnx(fixture_model, d0_onnx, tmp_path):
         assert labels.model_labels(runner.metadata)[:2] == ["person", "bicycle"]
     assert labels.model_labels({"num_classes": "3"}) == ["class_0", "class_1", "class_2"]
     with pytest.raises(pipeline.UserError, match="3 class names but .* has 90 classes"):
-        pipeline.build_graph(converted, class_names=["a", "b", "c"])
+        pipeline.build_graph(converted, pipeline.GraphOptions(class_names=["a", "b", "c"]))

@@ -19,7 +19,7 @@ from efficientdet_trt.precision.fp16 import NMS_OPS, to_fp16
                                                      ("lite0_trained", False, 0.98)])
 def test_fp16_graph_matches_fp32(fixture, legacy, required, fixture_model, work_dir):
     _, converted, reference = fixture_model(fixture)
-    fp32_model = pipeline.build_graph(converted, legacy_plugins=legacy)
+    fp32_model = pipeline.build_graph(converted, pipeline.GraphOptions(legacy_plugins=legacy))
     fp16_model = to_fp16(fp32_model)
     tag = f"{fixture}-{'legacy' if legacy else 'efficient'}"
     fp32 = save_and_open(fp32_model, work_dir / f"{tag}-fp32.onnx")

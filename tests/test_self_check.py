@@ -63,7 +63,7 @@ def test_anchors_that_do_not_match_the_heads_are_refused(fixture_model, tmp_path
 def test_a_good_graph_passes_and_is_written(fixture_model, tmp_path):
     _, converted, reference = fixture_model("lite0_320")
     target = tmp_path / "model.onnx"
-    write_checked_onnx(str(target), pipeline.build_graph(converted, input_shape="1,3,320,320"))
+    write_checked_onnx(str(target), pipeline.build_graph(converted, pipeline.GraphOptions(input_shape="1,3,320,320")))
     check_onnx(str(target))
     runner = save_and_open(onnx.load(str(target)), tmp_path / "copy.onnx")
     outputs = runner.infer({"input": as_input(reference.images[:1], "NCHW")})

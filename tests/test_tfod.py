@@ -93,7 +93,7 @@ def test_detections_match_tensorflow(fixture, shape, run_batches, tfod_model, wo
     _, converted, tf_runner = tfod_model(fixture)
     size = TFOD_MODELS[fixture]["image_size"]
     input_shape = shape.format(s=size)
-    runner = save_and_open(pipeline.build_graph(converted, input_shape=input_shape),
+    runner = save_and_open(pipeline.build_graph(converted, pipeline.GraphOptions(input_shape=input_shape)),
                            work_dir / f"{fixture}-{input_shape.replace(',', 'x')}.onnx", layout_optimizations=False)
     images = canvases(size)
     reference = [tf_detections(tf_runner, image) for image in images]
@@ -116,12 +116,13 @@ def test_other_nms_routes_match_the_default(tfod_model, work_dir):
     size = TFOD_MODELS["tfod_custom"]["image_size"]
     feed = {"input": as_input(canvases(size)[:4], "NHWC")}
     default = save_and_open(pipeline.build_graph(converted), work_dir / "tfod-routes-default.onnx").infer(feed)
-    onnx_nms = save_and_open(pipeline.build_graph(converted, onnx_nms=True), work_dir / "tfod-routes-onnx.onnx")
+    onnx_nms = save_and_open(pipeline.build_graph(converted, pipeline.GraphOptions(onnx_nms=True)),
+                             work_dir / "tfod-routes-onnx.onnx")
     assert onnx_nms.plugin is None
     plain = onnx_nms.infer(feed)
-    legacy = save_and_open(pipeline.build_graph(converted, legacy_plugins=True),
+    legacy = save_and_open(pipeline.build_graph(converted, pipeline.GraphOptions(legacy_plugins=True)),
                            work_dir / "tfod-routes-legacy.onnx").infer(feed)
-    agnostic = save_and_open(pipeline.build_graph(converted, class_agnostic=True),
+    agnostic = save_and_open(pipeline.build_graph(converted, pipeline.GraphOptions(class_agnostic=True)),
                              work_dir / "tfod-routes-agnostic.onnx").infer(feed)
     legacy_matched = legacy_total = 0
     for row in range(4):
@@ -171,7 +172,8 @@ def test_infer_eval_and_compare_tf_run_end_to_end(tfod_model, work_dir, tmp_path
     path, converted, _ = tfod_model("tfod_custom")
     size = TFOD_MODELS["tfod_custom"]["image_size"]
     model_path = tmp_path / "tfod.onnx"
-    onnx.save(pipeline.build_graph(converted, class_names=["circle", "square", "blob"]), str(model_path))
+    options = pipeline.GraphOptions(class_names=["circle", "square", "blob"])
+    onnx.save(pipeline.build_graph(converted, options), str(model_path))
     images = tmp_path / "images"
     write_images(str(images), 4, size, size * 3 // 4)
 
@@ -244,7 +246,7 @@ def test_clip_to_image_gives_tensorflows_detections_on_photos(fixture, route, tf
     same class, |score delta| <= 1e-3), as many per photo as TF's. Without it, boxes in the padding take
     NMS places TF gives to detections in the photo."""
     _, converted, _ = tfod_model(fixture)
-    model = pipeline.build_graph(converted, clip_to_image=True, onnx_nms=route == "onnx_nms")
+    model = pipeline.build_graph(converted, pipeline.GraphOptions(clip_to_image=True, onnx_nms=route == "onnx_nms"))
     assert [value.name for value in model.graph.input] == ["input", "image_size"]
     theirs, ours = photo_detections(tfod_model, fixture, model, tmp_path / "photos")
     matched = total = 0
@@ -256,7 +258,7 @@ def test_clip_to_image_gives_tensorflows_detections_on_photos(fixture, route, tf
     print(f"{fixture} {route} --clip_to_image: {matched}/{total} of TensorFlow's detections on photos")
     assert total >= 4 * 50 and matched / total >= 0.99
 
-    plain = pipeline.build_graph(converted, onnx_nms=route == "onnx_nms")
+    plain = pipeline.build_graph(converted, pipeline.GraphOptions(onnx_nms=route == "onnx_nms"))
     theirs, without = photo_detections(tfod_model, fixture, plain, tmp_path / "photos_plain")
     fewer = sum(len(reference) - len(found) for reference, found in zip(theirs, without))
     found = sum(matched_fraction(as_tuple(r), as_tuple(f), 0.99, 1e-3)[0] * len(r) for r, f in zip(theirs, without))
@@ -275,14 +277,15 @@ def test_clip_to_image_graphs_take_every_route_precision_and_the_triton_export(t
     _, converted, _ = tfod_model("tfod_custom")
     size = TFOD_MODELS["tfod_custom"]["image_size"]
     clip = work_dir / "tfod-clip.onnx"
-    onnx.save(pipeline.build_graph(converted, clip_to_image=True), str(clip))
+    onnx.save(pipeline.build_graph(converted, pipeline.GraphOptions(clip_to_image=True)), str(clip))
     canvases_feed = as_input(canvases(size), "NHWC")
     sizes = np.tile(np.array([[size, size]], np.float32), (8, 1))
     sizes[4:6] = [size, size * 3 // 5]  # the narrow photos' part of the canvas (canvases(): 3/5 as wide)
     feed = {"input": canvases_feed, "image_size": sizes}
     want = save_and_open(onnx.load(str(clip)), tmp_path / "fp32.onnx").infer(feed)
     assert want["detection_boxes"][4:6, :, 3].max() <= size * 3 // 5  # clipped to the photo
-    legacy = save_and_open(pipeline.build_graph(converted, clip_to_image=True, legacy_plugins=True),
+    options = pipeline.GraphOptions(clip_to_image=True, legacy_plugins=True)
+    legacy = save_and_open(pipeline.build_graph(converted, options),
                            tmp_path / "legacy.onnx").infer(feed)
     assert legacy["detection_boxes"][4:6, :, 3].max() <= size * 3 // 5 and legacy["num_detections"].min() > 0
     write_images(str(tmp_path / "calib"), 8, size, size)
@@ -301,7 +304,7 @@ def test_clip_to_image_graphs_take_every_route_precision_and_the_triton_export(t
             assert np.mean(fractions) >= 0.95
 
     onnx_nms = work_dir / "tfod-clip-onnx-nms.onnx"
-    onnx.save(pipeline.build_graph(converted, clip_to_image=True, onnx_nms=True), str(onnx_nms))
+    onnx.save(pipeline.build_graph(converted, pipeline.GraphOptions(clip_to_image=True, onnx_nms=True)), str(onnx_nms))
     result = subprocess.run([sys.executable, str(ROOT / "export_triton.py"), "--onnx", str(onnx_nms), "-r",
                              str(tmp_path / "repo"), "-n", "clip"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -52,7 +52,7 @@ def test_uint8_graph_equals_float32_graph(fixture, layout, fixture_model, images
     hw = input_hw(fixture)
     runners = {}
     for dtype in ("float32", "uint8"):
-        model = pipeline.build_graph(converted, input_format=layout, input_dtype=dtype)
+        model = pipeline.build_graph(converted, pipeline.GraphOptions(input_format=layout, input_dtype=dtype))
         assert onnx_input_dtype(model) == np.dtype(dtype)
         runners[dtype] = save_and_open(model, work_dir / f"{fixture}-{layout}-{dtype}.onnx")
         assert runners[dtype].input_spec().dtype == np.dtype(dtype)
@@ -84,7 +84,7 @@ def test_uint8_fp16_and_int8_graphs_equal_float32_ones(variant, fixture_model, i
     cache = tmp_path / "calibration.cache"
     runners = {}
     for dtype in ("uint8", "float32"):
-        model = pipeline.build_graph(converted, input_dtype=dtype)
+        model = pipeline.build_graph(converted, pipeline.GraphOptions(input_dtype=dtype))
         if variant == "fp16":
             model = to_fp16(model)
         else:
@@ -127,7 +127,7 @@ def test_build_engine_calibrates_a_uint8_graph_without_tensorrt(fixture_model, i
     cache that calibration wrote."""
     _, converted, _ = fixture_model("d0_trained")
     source = tmp_path / "uint8.onnx"
-    onnx.save(pipeline.build_graph(converted, input_dtype="uint8"), str(source))
+    onnx.save(pipeline.build_graph(converted, pipeline.GraphOptions(input_dtype="uint8")), str(source))
     written, cache = tmp_path / "uint8-int8.onnx", tmp_path / "calibration.cache"
     result = subprocess.run([sys.executable, str(ROOT / "build_engine.py"), "--onnx", str(source), "--precision",
                              "int8", "--calib_input", str(images), "--calib_batch_size", "8", "--calib_cache",
@@ -164,7 +164,7 @@ def test_eval_coco_gives_a_uint8_graph_the_float32_graphs_numbers(fixture_model,
         {"id": 1, "name": "rectangle"}, {"id": 2, "name": "ellipse"}]}))
     printed, written = {}, {}
     for dtype in ("float32", "uint8"):
-        model = pipeline.build_graph(converted, input_dtype=dtype)
+        model = pipeline.build_graph(converted, pipeline.GraphOptions(input_dtype=dtype))
         onnx.save(model, str(tmp_path / f"{dtype}.onnx"))
         results = tmp_path / f"{dtype}.json"
         result = subprocess.run([sys.executable, str(ROOT / "eval_coco.py"), "--onnx", str(tmp_path / f"{dtype}.onnx"),

@@ -87,7 +87,7 @@ def make(folder):
         if fixture not in converted:
             path = tfod_saved_model_path(fixture) if fixture.startswith("tfod") else saved_model_path(fixture)
             converted[fixture] = pipeline.convert_saved_model(path)
-        model = pipeline.build_graph(converted[fixture], **options)
+        model = pipeline.build_graph(converted[fixture], pipeline.GraphOptions(**options))
         full = os.path.join(folder, f".{name}.full.onnx")
         onnx.save(model, full)
         if precision:

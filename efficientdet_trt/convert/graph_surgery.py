@@ -1,7 +1,7 @@
 """ONNX graph edits that turn tf2onnx's EfficientDet graph into a TensorRT-ready one.
 
 Each helper does one thing to an onnx-graphsurgeon Graph and logs it; the order
-they are applied in is in `create_onnx.build_graph`. What differs between the
+they are applied in is in `pipeline.build_graph`. What differs between the
 model families is found by automl_graph.py and tfod_graph.py, which each
 return the `ModelParts` below; everything here is shared.
 """

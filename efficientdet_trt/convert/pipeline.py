@@ -9,11 +9,12 @@ NMS route, and writes the metadata the other scripts read.
 import gc
 import logging
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
 from efficientdet_trt.core.common import UserError, write_bytes_atomic
+from efficientdet_trt.core.metadata import AUTOML_FAMILY, FAMILY_KEY, TFOD_FAMILY
 
 log = logging.getLogger("create_onnx")
 
@@ -65,17 +66,39 @@ def parse_input_size(text):
     return height, width
 
 
-def check_options(input_shape=None, input_format=None, input_size=None, legacy_plugins=False,
-                  class_agnostic=False, onnx_nms=False):
-    """Everything about the asked-for graph that can be checked without the model (parses the sizes)."""
-    if input_shape:
-        parse_input_shape(input_shape, input_format)
-    if input_size:
-        parse_input_size(input_size)
-    if legacy_plugins and onnx_nms:
-        raise UserError("--legacy_plugins and --onnx_nms are two different NMS routes; choose one")
-    if onnx_nms and class_agnostic:
-        raise UserError("--class_agnostic is not available with --onnx_nms (per-class NonMaxSuppression)")
+@dataclass(frozen=True)
+class GraphOptions:
+    """What the final graph should be: create_onnx.py's options of the same names (None: the model's own)."""
+
+    input_shape: Optional[str] = None  # '1,512,512,3', 'N,3,512,512': batch, size and layout
+    input_format: Optional[str] = None  # NHWC or NCHW
+    input_size: Optional[str] = None  # 'H,W'
+    preprocessor: str = "auto"  # normalisation: the model's own, or a preset (graph_surgery.preset_normalization)
+    nms_threshold: Optional[float] = None
+    iou_threshold: Optional[float] = None
+    nms_detections: Optional[int] = None
+    legacy_plugins: bool = False  # BatchedNMS_TRT instead of EfficientNMS_TRT
+    class_agnostic: bool = False
+    onnx_nms: bool = False  # ONNX NonMaxSuppression instead of a plugin
+    class_names: Optional[Sequence[str]] = None  # stored in the metadata (labels.py), one per class
+    input_dtype: str = "float32"  # or uint8
+    clip_to_image: bool = False  # TFOD: the image_size input and the clip window after the NMS
+
+    def check(self):
+        """Everything that can be checked without the model (parses the sizes); raises UserError."""
+        from efficientdet_trt.convert.graph_surgery import INPUT_DTYPES
+
+        if self.input_shape:
+            parse_input_shape(self.input_shape, self.input_format)
+        if self.input_size:
+            parse_input_size(self.input_size)
+        if self.legacy_plugins and self.onnx_nms:
+            raise UserError("--legacy_plugins and --onnx_nms are two different NMS routes; choose one")
+        if self.onnx_nms and self.class_agnostic:
+            raise UserError("--class_agnostic is not available with --onnx_nms (per-class NonMaxSuppression)")
+        if self.input_dtype not in INPUT_DTYPES:
+            raise UserError(f"input dtype {self.input_dtype!r}: choose one of {', '.join(INPUT_DTYPES)}")
+        return self
 
 
 def resolve_thresholds(tf_nms, nms_threshold, iou_threshold, nms_detections):
@@ -123,7 +146,7 @@ class ConvertedModel:
 def _family_module(family):
     from efficientdet_trt.convert import automl_graph, tfod_graph
 
-    return {"automl": automl_graph, "tfod": tfod_graph}[family]  # tf_to_onnx's family names
+    return {AUTOML_FAMILY: automl_graph, TFOD_FAMILY: tfod_graph}[family]
 
 
 def convert_saved_model(saved_model, tf2onnx_path=None, opset=13, full_graph=False):
@@ -157,25 +180,23 @@ def convert_saved_model(saved_model, tf2onnx_path=None, opset=13, full_graph=Fal
     return ConvertedModel(model, family, tf_nms, saved_model, max_detections)
 
 
-def build_graph(converted, input_shape=None, input_format=None, input_size=None, preprocessor="auto",
-                nms_threshold=None, iou_threshold=None, nms_detections=None, legacy_plugins=False,
-                class_agnostic=False, onnx_nms=False, class_names=None, input_dtype="float32",
-                clip_to_image=False):
-    """Stage 2 (ONNX only): graph surgery on a converted model; returns the final onnx.ModelProto.
+def build_graph(converted, options=GraphOptions()):
+    """Stage 2 (ONNX only): graph surgery on a converted model as `options` (a GraphOptions) ask; returns the
+    final onnx.ModelProto.
 
-    class_names, if given, are stored in the graph's metadata (labels.py) and must be one per class.
-    clip_to_image (TFOD graphs) adds the second input `image_size` and TFOD's clip window after the NMS
+    options.clip_to_image (TFOD graphs) adds the second input `image_size` and TFOD's clip window after the NMS
     (graph_surgery.add_image_window).
     """
     from efficientdet_trt.convert import graph_surgery as surgery
     from efficientdet_trt.convert.graph_surgery import gs
     from efficientdet_trt.core import labels
 
-    check_options(input_shape, input_format, input_size, legacy_plugins, class_agnostic, onnx_nms)
-    if input_dtype not in surgery.INPUT_DTYPES:
-        raise UserError(f"input dtype {input_dtype!r}: choose one of {', '.join(surgery.INPUT_DTYPES)}")
+    options.check()
+    input_shape, input_format, input_size = options.input_shape, options.input_format, options.input_size
+    onnx_nms, legacy_plugins, clip_to_image = options.onnx_nms, options.legacy_plugins, options.clip_to_image
+    class_names = options.class_names
     family = converted.family
-    if clip_to_image and family != "tfod":
+    if clip_to_image and family != TFOD_FAMILY:
         raise UserError(f"{converted.source}: --clip_to_image is for TF2 Object Detection API graphs (their "
                         "post-processing clips to each image); this is an AutoML one")
     graph = gs.import_onnx(converted.model)
@@ -198,13 +219,13 @@ def build_graph(converted, input_shape=None, input_format=None, input_size=None,
                         f"and reshapes are fixed); --input_shape/--input_size asked for {height}x{width}. Re-export "
                         "the SavedModel with that image size, or leave the size out")
 
-    if preprocessor == "auto":
+    if options.preprocessor == "auto":
         normalization = parts.normalization
         if normalization is None:
             log.warning("could not read the model's normalisation constants; using imagenet (set --preprocessor)")
             normalization = surgery.preset_normalization("imagenet")
     else:
-        normalization = surgery.preset_normalization(preprocessor)
+        normalization = surgery.preset_normalization(options.preprocessor)
 
     num_classes = parts.num_classes
     if class_names is not None and len(class_names) != num_classes:
@@ -212,11 +233,13 @@ def build_graph(converted, input_shape=None, input_format=None, input_size=None,
                         "classes; give one name per class, class 0 first")
 
     analysis_shape = [1, height, width, 3] if layout == "NHWC" else [1, 3, height, width]
-    surgery.replace_input(graph, parts.stem, analysis_shape, layout, normalization, input_dtype)
+    surgery.replace_input(graph, parts.stem, analysis_shape, layout, normalization, options.input_dtype)
 
+    nms_detections = options.nms_detections
     if nms_detections is None and converted.max_detections:
         nms_detections = converted.max_detections
-    score, iou, detections = resolve_thresholds(converted.tf_nms, nms_threshold, iou_threshold, nms_detections)
+    score, iou, detections = resolve_thresholds(converted.tf_nms, options.nms_threshold, options.iou_threshold,
+                                                nms_detections)
     kept = detections * surgery.CLIP_CANDIDATES if clip_to_image else detections  # what the NMS keeps
     anchors = parts.anchors(height, width)
     boxes = surgery.scale_box_encodings(graph, parts.box_head, parts.box_scales)
@@ -235,7 +258,8 @@ def build_graph(converted, input_shape=None, input_format=None, input_size=None,
             decoded = surgery.add_box_decoder(graph, boxes, anchors)
         surgery.add_batched_nms(graph, decoded, scores, num_classes, kept, score, iou)
     else:
-        surgery.add_efficient_nms(graph, boxes, scores, anchors, num_classes, kept, score, iou, class_agnostic)
+        surgery.add_efficient_nms(graph, boxes, scores, anchors, num_classes, kept, score, iou,
+                                  options.class_agnostic)
     surgery.cleanup(graph)
     graph = surgery.fold_constants(graph)
     surgery.make_resizes_exact(graph)
@@ -252,7 +276,7 @@ def build_graph(converted, input_shape=None, input_format=None, input_size=None,
     graph.name = f"efficientdet-{family}"
     model = gs.export_onnx(graph)
     metadata = {
-        "efficientdet_family": family,
+        FAMILY_KEY: family,
         "input_layout": layout,
         "box_format": "ymin,xmin,ymax,xmax;input_pixels",
         "num_classes": str(num_classes),
@@ -265,6 +289,6 @@ def build_graph(converted, input_shape=None, input_format=None, input_size=None,
     for key, value in metadata.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
-    log.info("final graph: %d nodes, input %s %s, batch %s", len(model.graph.node), input_dtype,
+    log.info("final graph: %d nodes, input %s %s, batch %s", len(model.graph.node), options.input_dtype,
              analysis_shape[1:], batch)
     return model

@@ -11,16 +11,14 @@ import time
 from dataclasses import dataclass
 
 from efficientdet_trt.core.common import UserError
+from efficientdet_trt.core.metadata import AUTOML_FAMILY, TFOD_FAMILY
 
 log = logging.getLogger("tf_to_onnx")
 
-AUTOML = "automl"
-TFOD = "tfod"
-
 # Name scopes that identify the two EfficientDet families (see graph_surgery.py).
 FAMILY_MARKERS = {
-    AUTOML: "class_net/",
-    TFOD: "/WeightSharedConvolutionalClassHead/",
+    AUTOML_FAMILY: "class_net/",
+    TFOD_FAMILY: "/WeightSharedConvolutionalClassHead/",
 }
 
 
@@ -72,7 +70,7 @@ def _serving_meta_graph(path):
 
 
 def family_of(path):
-    """The EfficientDet family (AUTOML or TFOD) of the SavedModel at `path`, from the node names in its
+    """The EfficientDet family (AUTOML_FAMILY or TFOD_FAMILY) of the SavedModel at `path`, from the node names in its
     saved_model.pb (the graph, or a TF2 model's function library), without loading it; None if neither."""
     graph_def = _serving_meta_graph(path).graph_def
     names = [node.name for node in graph_def.node]
@@ -200,7 +198,8 @@ def detect_family(graph_def, path="SavedModel"):
     names = [node.name for node in graph_def.node]
     for family, marker in FAMILY_MARKERS.items():
         if any(marker in name for name in names):
-            log.info("recognised a %s EfficientDet graph", "AutoML" if family == AUTOML else "TF2 Object Detection API")
+            log.info("recognised a %s EfficientDet graph",
+                     "AutoML" if family == AUTOML_FAMILY else "TF2 Object Detection API")
             return family
     raise UserError(f"{path}: not an EfficientDet model (no 'class_net/' or "
                     "'WeightSharedConvolutionalClassHead' nodes); this tool converts AutoML and "
