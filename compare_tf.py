@@ -175,7 +175,7 @@ def main(argv=None):
         # inputs by TensorFlow's tensor names; TFOD's are inside its functions, so there its decoded
         # boxes and sigmoid scores (what its post-processing consumes) are compared instead.
         plugin = getattr(ours, "plugin", None)
-        heads = [item for item in plugin[2] if isinstance(item, str)] if plugin else []
+        heads = [item for item in plugin.inputs if isinstance(item, str)] if plugin else []
         if heads and tf_runner.is_tfod:
             heads = TFOD_HEADS
         head_deltas = [0.0] * len(heads)

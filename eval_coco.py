@@ -37,7 +37,7 @@ def model_score_threshold(runner):
     plugin = getattr(runner, "plugin", None)
     if not plugin:
         return None
-    attrs = plugin[1]
+    attrs = plugin.attrs
     value = attrs.get("score_threshold", attrs.get("scoreThreshold"))
     return None if value is None else float(value)
 

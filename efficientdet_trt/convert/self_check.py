@@ -71,7 +71,7 @@ def _check_image(spec):
 
 def _plugin_sizes(runner, raw):
     """Problems with the sizes of the NMS plugin's inputs, as strings (empty when they agree)."""
-    op, attrs, _, _ = runner.plugin
+    op, attrs = runner.plugin.op, runner.plugin.attrs
     arrays = [np.asarray(array) for array in runner.plugin_inputs(raw)]
     boxes, scores = arrays[0], arrays[1]
     problems = []

@@ -71,13 +71,13 @@ class TensorRTRunner(Runner):
         self.engine = trt_adapter.load_engine(self.runtime, self.logger, self.path)
         self.context = self.engine.create_execution_context()
         self.tensors = trt_adapter.io_tensors(self.engine)
-        inputs = [t for t in self.tensors if t[1] and t[0] != WINDOW_INPUT]
+        inputs = [t for t in self.tensors if t.is_input and t.name != WINDOW_INPUT]
         if len(inputs) != 1:
             raise UserError(f"{self.path}: expected one image input, found {len(inputs)}")
         self._input = inputs[0]
-        self._inputs = [t for t in self.tensors if t[1]]
+        self._inputs = [t for t in self.tensors if t.is_input]
         self.window_input = WINDOW_INPUT if len(self._inputs) > 1 else None
-        name, _, _, shape = self._input
+        name, shape = self._input.name, self._input.shape
         self.batch_range = (shape[0], shape[0])
         if shape[0] < 0:
             low, _, high = trt_adapter.profile_shapes(self.engine, name)
@@ -96,7 +96,7 @@ class TensorRTRunner(Runner):
         if self._allocated_batch is not None and batch <= self._allocated_batch:
             return
         self._free_buffers()
-        for name, _, dtype, shape in self.tensors:
+        for name, _, dtype, shape in self.tensors:  # IOTensor
             full = tuple(batch if (i == 0 and d < 0) else d for i, d in enumerate(shape))
             self.host[name] = self.cuda.pinned_empty(full, dtype)
             self.device[name] = self.cuda.malloc(self.host[name].nbytes)
@@ -126,14 +126,14 @@ class TensorRTRunner(Runner):
 
     def _prepare(self, batch):
         """Buffers and input shape for a run of `batch` images."""
-        name, _, _, shape = self._input
+        shape = self._input.shape
         low, high = self.batch_range
         if not low <= batch <= high:
             raise UserError(f"{self.path}: batch {batch} is outside the engine's batch range {low}..{high}")
         self._allocate(batch)
         if shape[0] < 0:
-            for input_name, _, _, input_shape in self._inputs:
-                self.context.set_input_shape(input_name, (batch,) + tuple(input_shape[1:]))
+            for tensor in self._inputs:
+                self.context.set_input_shape(tensor.name, (batch,) + tuple(tensor.shape[1:]))
 
     def device_input(self, count):
         """The device pointer of the input binding, ready for `count` images written there on `self.stream`
@@ -155,23 +155,23 @@ class TensorRTRunner(Runner):
         return self._run(self._device_batch)
 
     def _copy_in(self, name, array):
-        dtype = next(t[2] for t in self._inputs if t[0] == name)
+        dtype = next(t.dtype for t in self._inputs if t.name == name)
         array = np.ascontiguousarray(array, dtype=dtype)
         host = self.host[name].reshape(-1)[: array.size].reshape(array.shape)
         host[...] = array
         self.cuda.copy_to_device(self.device[name], host, self.stream)
 
     def infer(self, feed):
-        name = self._input[0]
+        name = self._input.name
         batch = len(feed[name])
         self._prepare(batch)
-        for input_name, _, _, _ in self._inputs:
-            self._copy_in(input_name, feed[input_name])
+        for tensor in self._inputs:
+            self._copy_in(tensor.name, feed[tensor.name])
         return self._run(batch)
 
     def _run(self, batch):
         outputs = [(n, trt_adapter.dims_tuple(self.context.get_tensor_shape(n)))
-                   for n, is_input, _, _ in self.tensors if not is_input]
+                   for n in (t.name for t in self.tensors if not t.is_input)]
         start, end = self.events
         self.cuda.record_event(start, self.stream)
         if self.use_cuda_graph and self.cuda.supports_graphs:

@@ -14,7 +14,7 @@ themselves. Runtime facts used here (NVIDIA's Python API reference and the
 
 import logging
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -113,8 +113,17 @@ def dims_tuple(dims: "tensorrt.Dims"):
     return tuple(int(dims[i]) for i in range(len(dims)))
 
 
-def io_tensors(engine: "tensorrt.ICudaEngine"):
-    """[(name, is_input, numpy dtype, shape with -1 for dynamic dims)] in engine order."""
+class IOTensor(NamedTuple):
+    """One input or output of an engine."""
+
+    name: str
+    is_input: bool
+    dtype: np.dtype
+    shape: tuple  # -1 for dynamic dims
+
+
+def io_tensors(engine: "tensorrt.ICudaEngine") -> "list[IOTensor]":
+    """The engine's inputs and outputs, in engine order."""
     trt = import_tensorrt()
     tensors = []
     for index in range(engine.num_io_tensors):
@@ -122,7 +131,7 @@ def io_tensors(engine: "tensorrt.ICudaEngine"):
         is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
         dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
         shape = dims_tuple(engine.get_tensor_shape(name))
-        tensors.append((name, is_input, dtype, shape))
+        tensors.append(IOTensor(name, is_input, dtype, shape))
     return tensors
 
 

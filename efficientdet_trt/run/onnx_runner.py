@@ -9,6 +9,7 @@ follows the plugin (the image window of a --clip_to_image graph).
 
 import logging
 import os
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -99,6 +100,15 @@ def cpu_session_options(layout_optimizations=True):
     return options
 
 
+class PluginNode(NamedTuple):
+    """The NMS plugin node of a graph, which ONNX Runtime cannot run and nms_reference.py does."""
+
+    op: str  # EfficientNMS_TRT, BatchedNMS_TRT, ...
+    attrs: dict
+    inputs: list  # tensor names, or the values of constant inputs (the anchors)
+    outputs: list  # tensor names
+
+
 # The image input types a graph from create_onnx.py / build_engine.py --save_onnx can have.
 ONNX_INPUT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
 
@@ -113,7 +123,7 @@ class OnnxCpuRunner(Runner):
         self.layout_optimizations = layout_optimizations
         self.name = f"onnxruntime-cpu:{os.path.basename(onnx_path)}"
         self.session = None
-        self.plugin = None  # (op, attrs, [input names or constants], output names)
+        self.plugin: Optional[PluginNode] = None
         self._tail = None  # ONNX Runtime session of the ops after the plugin (--clip_to_image), if any
 
     def activate_impl(self):
@@ -158,11 +168,11 @@ class OnnxCpuRunner(Runner):
                             "not an EfficientDet graph from create_onnx.py")
         node = plugins[0]
         inputs = [tensor.values if isinstance(tensor, gs.Constant) else tensor.name for tensor in node.inputs]
-        self.plugin = (node.op, dict(node.attrs), inputs, [tensor.name for tensor in node.outputs])
+        self.plugin = PluginNode(node.op, dict(node.attrs), inputs, [tensor.name for tensor in node.outputs])
         graph_outputs = [tensor for tensor in node.inputs if not isinstance(tensor, gs.Constant)]
         for tensor in graph_outputs:
             tensor.dtype = tensor.dtype or np.float32
-        if not set(self.plugin[3]) >= {value.name for value in model.graph.output}:  # ops after the plugin: the image window
+        if not set(self.plugin.outputs) >= {value.name for value in model.graph.output}:  # ops after it: the window
             self._tail = self._after_plugin(model)
         node.outputs.clear()
         graph.nodes = [other for other in graph.nodes if other is not node]
@@ -229,7 +239,7 @@ class OnnxCpuRunner(Runner):
         """The plugin node's input arrays, in order: computed ones from infer_raw's `values`, constants as stored."""
         if self.plugin is None:
             raise RuntimeError(f"{self.path} has no NMS plugin node")
-        return [values[item] if isinstance(item, str) else item for item in self.plugin[2]]
+        return [values[item] if isinstance(item, str) else item for item in self.plugin.inputs]
 
     def infer_raw(self, feed):
         """What ONNX Runtime computes: the outputs, or the plugin's inputs (pre-NMS heads) when cut."""
