@@ -280,31 +280,12 @@ def add_onnx_nms(graph, boxes, scores, anchors, num_classes, max_detections, sco
                      dtype=np.int64, axis=0)
     empty = op("Expand", [const("minus_one", np.float32(-1.0)), dense_shape])
     dense = op("ScatterND", [empty, positions, picked])  # kept scores, -1 elsewhere
-    top_scores = gs.Variable("nms/top_scores", dtype=np.float32)
-    top_index = gs.Variable("nms/top_index", dtype=np.int64)
-    graph.nodes.append(gs.Node("TopK", "nms/TopK", attrs={"axis": 1, "largest": 1, "sorted": 1},
-                               inputs=[dense, const("k", np.array([max_detections], np.int64))],
-                               outputs=[top_scores, top_index]))
-    valid = op("GreaterOrEqual", [top_scores, const("zero", np.float32(0.0))], dtype=np.bool_)
+    top_scores, top_index, kept = _top_k(graph, op, const, "nms", dense, max_detections)
     top_anchor = op("Mod", [top_index, const("anchors_n", np.array(num_anchors, np.int64))], dtype=np.int64)
     top_class = op("Div", [top_index, const("anchors_d", np.array(num_anchors, np.int64))], dtype=np.int64)
-    top_boxes = op("GatherElements", [corners, op("Expand", [op("Unsqueeze", [top_anchor, const("u2", [2])],
-                                                                dtype=np.int64),
-                                                             op("Concat", [batch, const("d4", np.array(
-                                                                 [max_detections, 4], np.int64))], dtype=np.int64,
-                                                                axis=0)], dtype=np.int64)], axis=1)
-    valid4 = op("Unsqueeze", [valid, const("u2b", [2])], dtype=np.bool_)
-    outputs = _nms_outputs(max_detections, np.int32)
-    zero = const("zero_b", np.float32(0.0))
-    graph.nodes.append(gs.Node("Where", "nms/boxes_out", inputs=[valid4, top_boxes, zero], outputs=[outputs[1]]))
-    graph.nodes.append(gs.Node("Where", "nms/scores_out", inputs=[valid, top_scores, zero], outputs=[outputs[2]]))
-    classes = op("Where", [valid, top_class, const("zero_i", np.int64(0))], dtype=np.int64)
-    graph.nodes.append(gs.Node("Cast", "nms/classes_out", attrs={"to": onnx.TensorProto.INT32}, inputs=[classes],
-                               outputs=[outputs[3]]))
-    count = op("ReduceSum", [op("Cast", [valid], to=onnx.TensorProto.INT32, dtype=np.int32),
-                             const("axis1", np.array([1], np.int64))], dtype=np.int32, keepdims=1)
-    graph.nodes.append(gs.Node("Identity", "nms/num_detections", inputs=[count], outputs=[outputs[0]]))
-    graph.outputs = outputs
+    top_boxes = _gather_boxes(op, const, corners, top_anchor, batch, max_detections)
+    classes = op("Cast", [top_class], to=onnx.TensorProto.INT32, dtype=np.int32)
+    outputs = _kept_outputs(graph, op, const, "nms", kept, top_boxes, top_scores, classes, max_detections)
     log.info("added ONNX NonMaxSuppression route (%d classes, max %d, IoU %g, score %g)", num_classes,
              max_detections, iou_threshold, score_threshold)
     return outputs
@@ -367,32 +348,49 @@ def add_image_window(graph, max_detections):
     area = op("Squeeze", [op("Mul", [side(0, 2), side(1, 3)]), const("squeeze", np.array([2], np.int64))])
     inside = op("Greater", [area, const("no_area", np.float32(0.0))], dtype=np.bool_)
     ranked = op("Where", [inside, scores, const("dropped", np.float32(-1.0))])
-    top_scores = gs.Variable("window/top_scores", dtype=np.float32)
-    top_index = gs.Variable("window/top_index", dtype=np.int64)
-    graph.nodes.append(gs.Node("TopK", "window/TopK", attrs={"axis": 1, "largest": 1, "sorted": 1},
+    top_scores, top_index, kept = _top_k(graph, op, const, "window", ranked, max_detections)
+    batch = op("Slice", [op("Shape", [boxes], dtype=np.int64), const("b0", [0]), const("b1", [1])], dtype=np.int64)
+    picked_boxes = _gather_boxes(op, const, clipped, top_index, batch, max_detections)
+    picked_classes = op("GatherElements", [classes, top_index], dtype=classes.dtype, axis=1)
+    outputs = _kept_outputs(graph, op, const, "window", kept, picked_boxes, top_scores, picked_classes,
+                            max_detections)
+    log.info("added the image window (input %s): NMS results clipped to each image, those without area "
+             "dropped, the best %d kept", WINDOW_INPUT, max_detections)
+    return outputs
+
+
+def _top_k(graph, op, const, prefix, ranked, max_detections):
+    """The best `max_detections` of ranked [N, M] scores (negative: not a detection) per image: their scores
+    and indices [N, K], and which of them are detections (bool [N, K])."""
+    top_scores = gs.Variable(f"{prefix}/top_scores", dtype=np.float32)
+    top_index = gs.Variable(f"{prefix}/top_index", dtype=np.int64)
+    graph.nodes.append(gs.Node("TopK", f"{prefix}/TopK", attrs={"axis": 1, "largest": 1, "sorted": 1},
                                inputs=[ranked, const("k", np.array([max_detections], np.int64))],
                                outputs=[top_scores, top_index]))
     kept = op("GreaterOrEqual", [top_scores, const("zero_score", np.float32(0.0))], dtype=np.bool_)
-    batch = op("Slice", [op("Shape", [boxes], dtype=np.int64), const("b0", [0]), const("b1", [1])], dtype=np.int64)
-    box_index = op("Expand", [op("Unsqueeze", [top_index, const("u2", np.array([2], np.int64))], dtype=np.int64),
-                              op("Concat", [batch, const("k4", np.array([max_detections, 4], np.int64))],
-                                 dtype=np.int64, axis=0)], dtype=np.int64)
-    picked_boxes = op("GatherElements", [clipped, box_index], axis=1)
-    picked_classes = op("GatherElements", [classes, top_index], dtype=classes.dtype, axis=1)
+    return top_scores, top_index, kept
+
+
+def _gather_boxes(op, const, boxes, index, batch, max_detections):
+    """Rows `index` [N, K] of boxes [N, M, 4]: [N, K, 4] (batch: the [1] tensor holding N)."""
+    index4 = op("Expand", [op("Unsqueeze", [index, const("u2", np.array([2], np.int64))], dtype=np.int64),
+                           op("Concat", [batch, const("k4", np.array([max_detections, 4], np.int64))],
+                              dtype=np.int64, axis=0)], dtype=np.int64)
+    return op("GatherElements", [boxes, index4], axis=1)
+
+
+def _kept_outputs(graph, op, const, prefix, kept, boxes, scores, classes, max_detections):
+    """The four NMS outputs (the plugin's names, graph.outputs from now) from [N, K] candidates: boxes,
+    scores and classes zeroed where not `kept`, num_detections the count kept (kept ones come first)."""
     outputs = _nms_outputs(max_detections, classes.dtype)
     kept4 = op("Unsqueeze", [kept, const("u2b", np.array([2], np.int64))], dtype=np.bool_)
-    graph.nodes.append(gs.Node("Where", "window/boxes_out", inputs=[kept4, picked_boxes, const("zero_b", np.float32(
-        0.0))], outputs=[outputs[1]]))
-    graph.nodes.append(gs.Node("Where", "window/scores_out", inputs=[kept, top_scores, const("zero_s", np.float32(
-        0.0))], outputs=[outputs[2]]))
-    graph.nodes.append(gs.Node("Where", "window/classes_out", inputs=[kept, picked_classes, const(
-        "zero_c", np.zeros((), classes.dtype))], outputs=[outputs[3]]))
-    graph.nodes.append(gs.Node("ReduceSum", "window/num_detections", attrs={"keepdims": 1}, inputs=[
+    for output, mask, values in zip(outputs[1:], (kept4, kept, kept), (boxes, scores, classes)):
+        graph.nodes.append(gs.Node("Where", f"{prefix}/{output.name}_out", outputs=[output], inputs=[
+            mask, values, const(f"zero_{output.name}", np.zeros((), values.dtype or np.float32))]))
+    graph.nodes.append(gs.Node("ReduceSum", f"{prefix}/num_detections_out", attrs={"keepdims": 1}, inputs=[
         op("Cast", [kept], to=onnx.TensorProto.INT32, dtype=np.int32), const("axis_k", np.array([1], np.int64))],
         outputs=[outputs[0]]))
     graph.outputs = outputs
-    log.info("added the image window (input %s): NMS results clipped to each image, those without area "
-             "dropped, the best %d kept", WINDOW_INPUT, max_detections)
     return outputs
 
 
