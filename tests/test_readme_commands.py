@@ -2,11 +2,12 @@
 the code: every `python <script>.py ...` in a fenced bash block or an inline code span of README.md.
 
 The README's names are given real things in a workspace: `saved_model` (and `/path/to/saved_model`) is the
-trained AutoML fixture, `exported/saved_model` the TFOD fixture, `images/` and `val2017/` generated photos of
-the shapes the fixtures detect, `instances_val2017.json` / `instances.json` their COCO annotations. The
-commands run in README order in that folder (later ones use what earlier ones wrote, as a reader would), each
-asserted to exit 0 without a traceback. Those that need TensorRT or a GPU (`--engine`), `make` targets and
-other projects' tools are listed and skipped with the reason.
+trained AutoML fixture, also converted as `make demo`'s model in demo_output/; `exported/saved_model` is the
+TFOD fixture; `images/` and `val2017/` are generated photos of the shapes the fixtures detect, and
+`instances_val2017.json` / `instances.json` their COCO annotations. The commands run in README order in that
+folder (later ones use what earlier ones wrote, as a reader would), each asserted to exit 0 without a
+traceback. Those that need TensorRT or a GPU (`--engine`), `make` targets and other projects' tools are
+listed and skipped with the reason.
 """
 
 import json
@@ -79,6 +80,14 @@ def workspace(tmp_path_factory):
     (automl / "saved_model").symlink_to(saved_model_path("d0_trained"), target_is_directory=True)
     write_dataset(automl / "images", [automl / "instances.json"])
     write_dataset(automl / "val2017", [automl / "instances_val2017.json"], count=16)  # 2 calibration batches
+    # what `make demo` leaves (a model and its images), and the repository's tests/fixtures/ for its labels file
+    (automl / "tests").symlink_to(ROOT / "tests", target_is_directory=True)
+    demo = automl / "demo_output" / "efficientdet-d0-256-400steps"
+    demo.mkdir(parents=True)
+    (demo / "images").symlink_to(automl / "images", target_is_directory=True)
+    made = subprocess.run([sys.executable, str(ROOT / "create_onnx.py"), "--saved_model", "saved_model", "--onnx",
+                           str(demo / "model.onnx")], cwd=automl, capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr[-3000:]
     return automl
 
 
