@@ -17,7 +17,7 @@ import logging
 import os
 import time
 
-from efficientdet_trt.convert.pipeline import GraphOptions, build_graph, convert_saved_model
+from efficientdet_trt.convert.pipeline import GraphOptions, build_graph, convert_saved_model, read_export
 from efficientdet_trt.convert.self_check import write_checked_onnx
 from efficientdet_trt.core.common import (
     ArgumentParser,
@@ -78,14 +78,11 @@ def main(argv=None):
     setup_logging(args.verbose)
     start = time.perf_counter()
     # Everything that can be checked without the model, before TensorFlow spends 30 s or more on it.
-    from efficientdet_trt.convert.tf_to_onnx import check_saved_model_path, family_of
+    from efficientdet_trt.convert.tf_to_onnx import check_saved_model_path
     from efficientdet_trt.core import labels
     from efficientdet_trt.core.metadata import TFOD_FAMILY
 
     check_saved_model_path(args.saved_model)
-    if args.clip_to_image and family_of(args.saved_model) not in (TFOD_FAMILY, None):
-        raise UserError(f"{args.saved_model}: --clip_to_image is for TF2 Object Detection API models (their "
-                        "post-processing clips to each image); this is an AutoML one")
     options = GraphOptions(**{field.name: getattr(args, field.name) for field in dataclasses.fields(GraphOptions)
                               if field.name != "class_names"}).check()
     if args.labels:
@@ -96,6 +93,12 @@ def main(argv=None):
         check_output_file(args.tf2onnx, "--tf2onnx", inputs)
     if os.path.realpath(args.onnx) == os.path.realpath(args.tf2onnx or ""):
         raise UserError(f"{args.onnx}: --onnx and --tf2onnx name the same file; give them different names")
+    if args.clip_to_image or args.input_shape or args.input_size:  # what saved_model.pb says (about 2 s)
+        family, exported_size = read_export(args.saved_model)
+        if args.clip_to_image and family not in (TFOD_FAMILY, None):
+            raise UserError(f"{args.saved_model}: --clip_to_image is for TF2 Object Detection API models (their "
+                            "post-processing clips to each image); this is an AutoML one")
+        options.check(args.saved_model, exported_size)
     converted = convert_saved_model(args.saved_model, args.tf2onnx, args.opset, args.full_graph)
     model = build_graph(converted, options)
     write_checked_onnx(args.onnx, model)

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import onnx
 import pytest
-from conftest import ROOT, input_hw
+from conftest import ROOT, input_hw, saved_model_path, tfod_saved_model_path
 from float64_reference import Float64Heads
 from helpers import as_input, matched_fraction, per_image, save_and_open
 
@@ -329,10 +329,17 @@ def test_cli_checks_arguments_before_loading_the_model(fixture_model, tmp_path, 
     assert not (tmp_path / "x.onnx").exists()
 
 
-def test_cli_size_the_model_was_not_exported_for(fixture_model, tmp_path):
-    path, _, _ = fixture_model("d0_hard")
-    result = run_cli("--saved_model", path, "--onnx", str(tmp_path / "x.onnx"), "--input_size", "512,512")
-    assert_clean_error(result, "256x256", "512x512")
+@pytest.mark.parametrize("fixture,args,exported,asked", [
+    ("d0_hard", ["--input_size", "512,512"], "256x256", "512x512"),
+    ("d0_640x320", ["--input_shape", "1,640,320,3"], "320x640", "640x320"),  # H and W swapped
+    ("tfod_custom", ["--input_size", "512,512"], "384x384", "512x512"),
+])
+def test_cli_size_the_model_was_not_exported_for(tmp_path, fixture, args, exported, asked):
+    """Refused from saved_model.pb's constants, before TensorFlow loads the model (AutoML and TFOD)."""
+    path = tfod_saved_model_path(fixture) if fixture.startswith("tfod") else saved_model_path(fixture)
+    result = run_cli("--saved_model", path, "--onnx", str(tmp_path / "x.onnx"), *args)
+    assert_clean_error(result, exported, asked)
+    assert "loaded SavedModel" not in result.stderr and "recognised" not in result.stderr
     assert not (tmp_path / "x.onnx").exists()
 
 

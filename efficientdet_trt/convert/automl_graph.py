@@ -33,6 +33,9 @@ log = logging.getLogger("automl_graph")
 STEM_SCOPE = "/stem/"
 CLASS_HEAD_SCOPE = "class_net/"
 BOX_HEAD_SCOPE = "box_net/"
+# The exported (H, W) in the TF graph, read before conversion: image_preprocess pads the resized image with
+# tf.image.pad_to_bounding_box(image, 0, 0, H, W), whose W - width and H - height subtractions hold the sizes.
+TF_SIZE_CONSTS = ("pad_to_bounding_box/sub_1/x", "pad_to_bounding_box/sub/x")
 
 
 def find_stem(graph):

@@ -84,14 +84,16 @@ class GraphOptions:
     input_dtype: str = "float32"  # or uint8
     clip_to_image: bool = False  # TFOD: the image_size input and the clip window after the NMS
 
-    def check(self):
-        """Everything that can be checked without the model (parses the sizes); raises UserError."""
+    def check(self, source=None, exported_size=None):
+        """Everything that can be checked without converting the model (parses the sizes; with the
+        `exported_size` (H, W) of the SavedModel `source`, the size asked for must be it); raises UserError."""
         from efficientdet_trt.convert.graph_surgery import INPUT_DTYPES
 
         if self.input_shape:
-            parse_input_shape(self.input_shape, self.input_format)
+            _, height, width, _ = parse_input_shape(self.input_shape, self.input_format)
+            check_exported_size(source, exported_size, (height, width))
         if self.input_size:
-            parse_input_size(self.input_size)
+            check_exported_size(source, exported_size, parse_input_size(self.input_size))
         if self.legacy_plugins and self.onnx_nms:
             raise UserError("--legacy_plugins and --onnx_nms are two different NMS routes; choose one")
         if self.onnx_nms and self.class_agnostic:
@@ -99,6 +101,29 @@ class GraphOptions:
         if self.input_dtype not in INPUT_DTYPES:
             raise UserError(f"input dtype {self.input_dtype!r}: choose one of {', '.join(INPUT_DTYPES)}")
         return self
+
+
+def check_exported_size(source, exported_size, asked):
+    """A SavedModel's size is fixed at export (its anchors and reshapes): refuse any other."""
+    if exported_size and tuple(asked) != tuple(exported_size):
+        raise UserError(f"{source} was exported for {exported_size[0]}x{exported_size[1]} images (its anchors "
+                        f"and reshapes are fixed); --input_shape/--input_size asked for {asked[0]}x{asked[1]}. "
+                        "Re-export the SavedModel with that image size, or leave the size out")
+
+
+def read_export(saved_model):
+    """(family, exported (H, W)) of a SavedModel, read from its saved_model.pb without loading it, for the checks
+    made before the conversion; either is None where it cannot be read so (then the converted graph says)."""
+    from efficientdet_trt.convert import tf_to_onnx
+
+    family, consts = tf_to_onnx.read_family_and_consts(saved_model,
+                                                       lambda family: _family_module(family).TF_SIZE_CONSTS)
+    if family is None:
+        return None, None
+    values = [consts.get(name) for name in _family_module(family).TF_SIZE_CONSTS]
+    if any(value is None or value.size != 1 for value in values):
+        return family, None
+    return family, (int(values[0][0]), int(values[1][0]))
 
 
 def resolve_thresholds(tf_nms, nms_threshold, iou_threshold, nms_detections):
@@ -214,10 +239,7 @@ def build_graph(converted, options=GraphOptions()):
             height, width = native_size
         else:
             raise UserError("cannot read the model's input size from the graph; pass --input_size H,W")
-    if native_size and (height, width) != native_size:
-        raise UserError(f"{converted.source} was exported for {native_size[0]}x{native_size[1]} images (its anchors "
-                        f"and reshapes are fixed); --input_shape/--input_size asked for {height}x{width}. Re-export "
-                        "the SavedModel with that image size, or leave the size out")
+    check_exported_size(converted.source, native_size, (height, width))
 
     if options.preprocessor == "auto":
         normalization = parts.normalization

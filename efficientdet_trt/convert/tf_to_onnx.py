@@ -10,6 +10,8 @@ import os
 import time
 from dataclasses import dataclass
 
+import numpy as np
+
 from efficientdet_trt.core.common import UserError
 from efficientdet_trt.core.metadata import AUTOML_FAMILY, TFOD_FAMILY
 
@@ -69,16 +71,54 @@ def _serving_meta_graph(path):
     raise UserError(f"{path}: the SavedModel has no graph tagged 'serve'; export it for serving")
 
 
+def _all_node_defs(graph_def):
+    """The graph's nodes and those of its function library (a TF2 model's graph lives there)."""
+    return [*graph_def.node, *(node for function in graph_def.library.function for node in function.node_def)]
+
+
 def family_of(path):
     """The EfficientDet family (AUTOML_FAMILY or TFOD_FAMILY) of the SavedModel at `path`, from the node names in its
     saved_model.pb (the graph, or a TF2 model's function library), without loading it; None if neither."""
-    graph_def = _serving_meta_graph(path).graph_def
-    names = [node.name for node in graph_def.node]
-    names += [node.name for function in graph_def.library.function for node in function.node_def]
+    return _family_of_nodes(_all_node_defs(_serving_meta_graph(path).graph_def))
+
+
+def _family_of_nodes(nodes):
+    names = [node.name for node in nodes]
     for family, marker in FAMILY_MARKERS.items():
         if any(marker in name for name in names):
             return family
     return None
+
+
+def _int_const(node):
+    """The values of an int32/int64 Const NodeDef as a flat array, read without TensorFlow; None otherwise."""
+    tensor = node.attr["value"].tensor
+    dtype = {3: np.int32, 9: np.int64}.get(tensor.dtype)  # DT_INT32, DT_INT64
+    if dtype is None:
+        return None
+    if tensor.tensor_content:
+        return np.frombuffer(tensor.tensor_content, dtype)
+    values = list(tensor.int_val if dtype == np.int32 else tensor.int64_val)
+    count = int(np.prod([dim.size for dim in tensor.tensor_shape.dim]))
+    if values and len(values) < count:  # TensorFlow stores a run of equal trailing values once
+        values += [values[-1]] * (count - len(values))
+    return np.array(values, dtype)
+
+
+def read_family_and_consts(path, const_names):
+    """(family, {name: int array}) of the SavedModel at `path`: its family as family_of says, and the int
+    constants of the given node names (a name missing from the map was not found), from one read of
+    saved_model.pb without TensorFlow. const_names(family) gives the names to read."""
+    nodes = _all_node_defs(_serving_meta_graph(path).graph_def)
+    family = _family_of_nodes(nodes)
+    wanted = set(const_names(family)) if family else set()
+    found = {}
+    for node in nodes:
+        if node.op == "Const" and node.name in wanted and node.name not in found:
+            value = _int_const(node)
+            if value is not None:
+                found[node.name] = value
+    return family, found
 
 
 @contextlib.contextmanager

@@ -45,6 +45,10 @@ log = logging.getLogger("tfod_graph")
 STEM_SCOPE = "/stem_conv2d/"
 CLASS_HEAD_SCOPE = "/WeightSharedConvolutionalClassHead/"
 BOX_HEAD_SCOPE = "/WeightSharedConvolutionalBoxHead/"
+# The exported (H, W) in the TF graph, read before conversion: the anchor generator normalises the anchors by
+# the image's height and width (box_list_ops.to_normalized_coordinates casts each to float).
+TF_SIZE_CONSTS = ("MultiscaleGridAnchorGenerator/ToNormalizedCoordinates/Cast/x",
+                  "MultiscaleGridAnchorGenerator/ToNormalizedCoordinates/Cast_1/x")
 
 
 def _all_nodes(graph):
