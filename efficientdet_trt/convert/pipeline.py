@@ -3,7 +3,9 @@
 `convert_saved_model` (TensorFlow, tf_to_onnx.py) loads the model and runs
 tf2onnx; `build_graph` (ONNX only) finds the family's parts (automl_graph.py,
 tfod_graph.py), applies the shared graph surgery (graph_surgery.py) and the
-NMS route, and writes the metadata the other scripts read.
+NMS route, and writes the metadata the other scripts read. Before either,
+`GraphOptions.check` and `read_export` (the family and exported size, from
+saved_model.pb alone) let create_onnx.py refuse bad options in seconds.
 """
 
 import gc
