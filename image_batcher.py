@@ -227,7 +227,7 @@ def resize_bilinear_tf(pixels, new_h, new_w, out=None, half_pixel=True):
     tf.image.resize(method=bilinear, antialias=False) computes it (half_pixel=False: as TF1's resize_images /
     resize_bilinear(half_pixel_centers=False) does).
 
-    TensorFlow's float32 arithmetic in its order (x first: top + (bottom - top) * dx of left + (right - left)
+    TensorFlow's float32 arithmetic in its order (x first: top + (bottom - top) * dy of left + (right - left)
     * dx), so the result is bit-identical to it. Speed (benchmarks/bench_image_batcher.py): each source row
     used is interpolated along x once, however many output rows use it (an enlarged image reuses each
     row up to new_h / h times); the column taps are gathered with one np.take over bytes, in the image's

@@ -116,10 +116,10 @@ def check_exported_size(source, exported_size, asked):
 def read_export(saved_model):
     """(family, exported (H, W)) of a SavedModel, read from its saved_model.pb without loading it, for the checks
     made before the conversion; either is None where it cannot be read so (then the converted graph says)."""
-    from efficientdet_trt.convert import tf_to_onnx
+    from efficientdet_trt.convert import automl_graph, tf_to_onnx, tfod_graph
 
     family, consts = tf_to_onnx.read_family_and_consts(saved_model,
-                                                       lambda family: _family_module(family).TF_SIZE_CONSTS)
+                                                       automl_graph.TF_SIZE_CONSTS + tfod_graph.TF_SIZE_CONSTS)
     if family is None:
         return None, None
     values = [consts.get(name) for name in _family_module(family).TF_SIZE_CONSTS]

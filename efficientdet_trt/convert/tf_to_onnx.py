@@ -76,13 +76,8 @@ def _all_node_defs(graph_def):
     return [*graph_def.node, *(node for function in graph_def.library.function for node in function.node_def)]
 
 
-def family_of(path):
-    """The EfficientDet family (AUTOML_FAMILY or TFOD_FAMILY) of the SavedModel at `path`, from the node names in its
-    saved_model.pb (the graph, or a TF2 model's function library), without loading it; None if neither."""
-    return _family_of_nodes(_all_node_defs(_serving_meta_graph(path).graph_def))
-
-
 def _family_of_nodes(nodes):
+    """AUTOML_FAMILY or TFOD_FAMILY by the name scopes among `nodes`; None if neither."""
     names = [node.name for node in nodes]
     for family, marker in FAMILY_MARKERS.items():
         if any(marker in name for name in names):
@@ -106,19 +101,18 @@ def _int_const(node):
 
 
 def read_family_and_consts(path, const_names):
-    """(family, {name: int array}) of the SavedModel at `path`: its family as family_of says, and the int
-    constants of the given node names (a name missing from the map was not found), from one read of
-    saved_model.pb without TensorFlow. const_names(family) gives the names to read."""
+    """(family, {name: int array}) of the SavedModel at `path`, from one read of its saved_model.pb without
+    loading the model or TensorFlow: the family by the name scopes of its nodes (the graph's, or a TF2 model's
+    function library), None if neither; and the int constants among `const_names` that it holds."""
     nodes = _all_node_defs(_serving_meta_graph(path).graph_def)
-    family = _family_of_nodes(nodes)
-    wanted = set(const_names(family)) if family else set()
+    wanted = set(const_names)
     found = {}
     for node in nodes:
         if node.op == "Const" and node.name in wanted and node.name not in found:
             value = _int_const(node)
             if value is not None:
                 found[node.name] = value
-    return family, found
+    return _family_of_nodes(nodes), found
 
 
 @contextlib.contextmanager
@@ -235,12 +229,11 @@ def load_frozen_graph(path):
 
 
 def detect_family(graph_def, path="SavedModel"):
-    names = [node.name for node in graph_def.node]
-    for family, marker in FAMILY_MARKERS.items():
-        if any(marker in name for name in names):
-            log.info("recognised a %s EfficientDet graph",
-                     "AutoML" if family == AUTOML_FAMILY else "TF2 Object Detection API")
-            return family
+    family = _family_of_nodes(graph_def.node)
+    if family is not None:
+        log.info("recognised a %s EfficientDet graph",
+                 "AutoML" if family == AUTOML_FAMILY else "TF2 Object Detection API")
+        return family
     raise UserError(f"{path}: not an EfficientDet model (no 'class_net/' or "
                     "'WeightSharedConvolutionalClassHead' nodes); this tool converts AutoML and "
                     "TF2 Object Detection API EfficientDet SavedModels")
