@@ -6,7 +6,8 @@ import pytest
 from helpers import as_input, matched_fraction, per_image, save_and_open
 
 from efficientdet_trt.convert import pipeline
-from efficientdet_trt.precision.fp16 import NMS_OPS, to_fp16
+from efficientdet_trt.convert.graph_surgery import PLUGIN_OPS
+from efficientdet_trt.precision.fp16 import to_fp16
 
 
 # The random fixtures fill all 100 output slots with near-ties, so FP16's ~1e-3
@@ -28,7 +29,7 @@ def test_fp16_graph_matches_fp32(fixture, legacy, required, fixture_model, work_
     graph = onnx.shape_inference.infer_shapes(fp16_model).graph
     types = {v.name: v.type.tensor_type.elem_type for v in list(graph.value_info) + list(graph.output)}
     types.update({i.name: i.data_type for i in graph.initializer})
-    nms = [n for n in graph.node if n.op_type in NMS_OPS][0]
+    nms = [n for n in graph.node if n.op_type in PLUGIN_OPS][0]
     assert all(types[name] == onnx.TensorProto.FLOAT for name in nms.input)  # the plugin sees float32 only
     assert [o.name for o in graph.output] == list(create_onnx_outputs())
     assert types["detection_scores"] == onnx.TensorProto.FLOAT and types["detection_boxes"] == onnx.TensorProto.FLOAT

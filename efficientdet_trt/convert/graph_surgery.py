@@ -21,6 +21,7 @@ log = logging.getLogger("graph_surgery")
 G_LOGGER.colors = False  # else every run that logs a graph edit first prints "[W] colored module is not installed"
 
 OUTPUT_NAMES = ("num_detections", "detection_boxes", "detection_scores", "detection_classes")
+PLUGIN_OPS = ("EfficientNMS_TRT", "BatchedNMS_TRT")  # the NMS plugin nodes add_efficient_nms / add_batched_nms make
 
 # Normalisation on 0-255 RGB, per channel: (x - mean) * inv_std, the same two ops
 # AutoML's graph uses, so the converted graph computes bit-identical inputs.

@@ -15,18 +15,22 @@ import warnings
 import numpy as np
 import onnx
 
-from efficientdet_trt.convert.graph_surgery import OUTPUT_NAMES, add_image_window, cleanup, gs, set_batch_dim
+from efficientdet_trt.convert.graph_surgery import (
+    OUTPUT_NAMES,
+    PLUGIN_OPS,
+    add_image_window,
+    cleanup,
+    gs,
+    set_batch_dim,
+)
 
 log = logging.getLogger("fp16")
-
-NMS_OPS = ("EfficientNMS_TRT", "BatchedNMS_TRT")
-
 
 def to_fp16(model):
     """Return a float16 copy of a converted EfficientDet ONNX model (NMS and graph I/O stay float32)."""
     from onnxconverter_common import float16
 
-    block = list(float16.DEFAULT_OP_BLOCK_LIST) + list(NMS_OPS)
+    block = list(float16.DEFAULT_OP_BLOCK_LIST) + list(PLUGIN_OPS)
     model, window_detections = _without_window(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "float32 number ... will be truncated": expected for tiny weights
@@ -73,7 +77,7 @@ def _retype_input_cast(graph):
 
 def _restore_nms_outputs(graph):
     """The converter casts the NMS outputs back to float16 for the graph outputs; undo that."""
-    nms = [node for node in graph.nodes if node.op in NMS_OPS]
+    nms = [node for node in graph.nodes if node.op in PLUGIN_OPS]
     if not nms:
         return
     node = nms[0]

@@ -13,13 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from efficientdet_trt.convert.graph_surgery import OUTPUT_NAMES, WINDOW_INPUT  # the graph's I/O names, made there
+from efficientdet_trt.convert.graph_surgery import OUTPUT_NAMES, PLUGIN_OPS, WINDOW_INPUT  # made there
 from efficientdet_trt.core.common import UserError
 
 __all__ = ["OUTPUT_NAMES", "PLUGIN_OPS", "WINDOW_INPUT", "Runner", "TensorSpec", "image_layout", "window_sizes"]
-
-PLUGIN_OPS = ("EfficientNMS_TRT", "BatchedNMS_TRT")
-
 
 def window_sizes(batch, infos, input_hw):
     """The `image_size` rows [batch, 2] float32 of a --clip_to_image graph: each image's fitted (height, width)

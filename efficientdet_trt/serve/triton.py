@@ -17,6 +17,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from efficientdet_trt.core.common import UserError
+from efficientdet_trt.run.runner import PLUGIN_OPS
 
 log = logging.getLogger("triton")
 
@@ -26,7 +27,6 @@ LABELS_FILE = "labels.txt"
 TRITON_TYPES = {np.dtype(np.float32): "TYPE_FP32", np.dtype(np.float16): "TYPE_FP16", np.dtype(np.uint8): "TYPE_UINT8",
                 np.dtype(np.int8): "TYPE_INT8", np.dtype(np.int32): "TYPE_INT32", np.dtype(np.int64): "TYPE_INT64",
                 np.dtype(np.bool_): "TYPE_BOOL"}
-PLUGIN_OPS = ("EfficientNMS_TRT", "BatchedNMS_TRT")
 
 
 @dataclass
