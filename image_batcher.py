@@ -39,6 +39,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageOps
 
+from efficientdet_trt.core import resize_kernel
 from efficientdet_trt.core.common import UserError
 from efficientdet_trt.core.metadata import FAMILY_KEY, TFOD_FAMILY
 
@@ -206,8 +207,9 @@ def _bilinear_taps(in_size, out_size, half_pixel=True):
 
 
 def _source_rows(image, used):
-    """The rows `used` (sorted, unique) of an RGB image as uint8 [len(used), w * 3]. A PIL image is not
-    converted whole when few of its rows are used (a big photo shrunk): its runs of used rows are cropped."""
+    """An RGB image's rows as uint8 [n, w * 3], and where the rows `used` (sorted, unique) are in it. A PIL
+    image is not converted whole when few of its rows are used (a big photo shrunk): its runs of used rows
+    are cropped, and those are all the rows returned."""
     if isinstance(image, Image.Image):
         width, height = image.size
         if image.mode != "RGB":
@@ -217,30 +219,43 @@ def _source_rows(image, used):
         else:
             runs = np.split(used, np.flatnonzero(np.diff(used) != 1) + 1)
             data = b"".join(image.crop((0, int(run[0]), width, int(run[-1]) + 1)).tobytes() for run in runs)
-            return np.frombuffer(data, np.uint8).reshape(len(used), width * 3)
-    rows = np.ascontiguousarray(image).reshape(image.shape[0], -1)
-    return rows if len(used) == rows.shape[0] else np.take(rows, used, axis=0)
+            return np.frombuffer(data, np.uint8).reshape(len(used), width * 3), np.arange(len(used))
+    return np.ascontiguousarray(image).reshape(image.shape[0], -1), used
 
 
-def resize_bilinear_tf(pixels, new_h, new_w, out=None, half_pixel=True):
+def resize_bilinear_tf(pixels, new_h, new_w, out=None, half_pixel=True, layout="NHWC"):
     """[h, w, 3] uint8 (an array or an RGB PIL image) -> float32 [new_h, new_w, 3] as
     tf.image.resize(method=bilinear, antialias=False) computes it (half_pixel=False: as TF1's resize_images /
-    resize_bilinear(half_pixel_centers=False) does).
+    resize_bilinear(half_pixel_centers=False) does). `out`: an [H, W, 3] (layout NHWC) or [3, H, W] (NCHW)
+    array at least that big (such as a batch slot), float32, or uint8 (the values rounded half to even and
+    clipped, as np.rint), whose top-left new_h x new_w receives the result instead; returned as an
+    [new_h, new_w, 3] view of it.
 
     TensorFlow's float32 arithmetic in its order (x first: top + (bottom - top) * dy of left + (right - left)
-    * dx), so the result is bit-identical to it. Speed (benchmarks/bench_image_batcher.py): each source row
-    used is interpolated along x once, however many output rows use it (an enlarged image reuses each
-    row up to new_h / h times); the column taps are gathered with one np.take over bytes, in the image's
-    own uint8 (~25% faster than over 3-byte pixels; a big photo is never converted whole, only its used rows
-    are read); the uint8 values become float32 inside the ufuncs; the arithmetic runs in place; `out` (a
-    float32 [new_h, new_w, 3] view, such as a batch slot) receives the last step directly.
+    * dx), so the result is bit-identical to it. Each source row used is interpolated along x once, however
+    many output rows use it (an enlarged image reuses each row up to new_h / h times), and a big photo is
+    never converted whole, only its used rows are read. The loops run compiled (efficientdet_trt.core.
+    resize_kernel, through Numba) where Numba is installed, else in NumPy (same values, about 2x slower:
+    benchmarks/bench_image_batcher.py).
     """
     height, width = (pixels.size[1], pixels.size[0]) if isinstance(pixels, Image.Image) else pixels.shape[:2]
     top, bottom, weight_y = _bilinear_taps(height, new_h, half_pixel)
     left, right, weight_x = _bilinear_taps(width, new_w, half_pixel)
     used, row_of = np.unique(np.concatenate([top, bottom]), return_inverse=True)
+    rows, at = _source_rows(pixels, used)
+    if out is None:
+        out = np.empty((new_h, new_w, 3), np.float32)
+    view = out[:new_h, :new_w] if layout == "NHWC" else out[:, :new_h, :new_w].transpose(1, 2, 0)
+    kernel = resize_kernel.compiled()
+    if kernel is not None and out.dtype in (np.float32, np.uint8) and out.flags.c_contiguous:
+        kernel(rows, at, row_of[:new_h], row_of[new_h:], weight_y, left * 3, right * 3, weight_x, out,
+               layout == "NCHW", out.dtype == np.uint8)
+        return view
+    # NumPy: the column taps gathered with one np.take over bytes (~25% faster than over 3-byte pixels), the
+    # uint8 values made float32 inside the ufuncs, the arithmetic in place.
     columns = (np.concatenate([left, right])[:, None] * 3 + np.arange(3)).ravel()  # byte offsets of the taps
-    taps = np.take(_source_rows(pixels, used), columns, axis=1, mode="clip").reshape(len(used), 2 * new_w, 3)
+    rows = rows if len(at) == rows.shape[0] else np.take(rows, at, axis=0)
+    taps = np.take(rows, columns, axis=1, mode="clip").reshape(len(used), 2 * new_w, 3)
     start, end = taps[:, :new_w], taps[:, new_w:]
     across = np.subtract(end, start, dtype=np.float32)
     across *= np.repeat(weight_x, 3).reshape(new_w, 3)  # broadcast over the leading axis only: a faster loop
@@ -249,7 +264,14 @@ def resize_bilinear_tf(pixels, new_h, new_w, out=None, half_pixel=True):
     lower = np.take(across, row_of[new_h:], axis=0)
     lower -= upper
     lower *= weight_y[:, None, None]
-    return np.add(lower, upper, out=out)  # upper + (lower - upper) * dy
+    if view.dtype == np.float32:
+        return np.add(lower, upper, out=view)  # upper + (lower - upper) * dy
+    np.add(lower, upper, out=lower)
+    if np.dtype(view.dtype).kind in "iu":  # rounded to the nearest and clipped on the way in
+        np.clip(np.rint(lower, out=lower), 0, 255, out=view, casting="unsafe")
+    else:
+        view[...] = lower
+    return view
 
 
 def fit_into(image, original_size, out, layout, preprocessing=Preprocessing()):
@@ -266,14 +288,7 @@ def fit_into(image, original_size, out, layout, preprocessing=Preprocessing()):
         fitted = automl_fitted_size if preprocessing.method == AUTOML else tfod_fitted_size
         half_pixel = preprocessing.method == AUTOML
         new_w, new_h = fitted(original_size[0], original_size[1], height, width)
-        if out.dtype == np.float32:
-            resize_bilinear_tf(image, new_h, new_w, out=view[:new_h, :new_w], half_pixel=half_pixel)
-        else:
-            resized = resize_bilinear_tf(image, new_h, new_w, half_pixel=half_pixel)
-            if integer:  # rounded to the nearest and clipped on the way into the batch
-                np.clip(np.rint(resized, out=resized), 0, 255, out=view[:new_h, :new_w], casting="unsafe")
-            else:
-                view[:new_h, :new_w] = resized
+        resize_bilinear_tf(image, new_h, new_w, out=out, half_pixel=half_pixel, layout=layout)
     else:
         new_w, new_h = fitted_size(original_size[0], original_size[1], height, width)
         view[:new_h, :new_w] = np.asarray(image.resize((new_w, new_h), resample=Image.BILINEAR))

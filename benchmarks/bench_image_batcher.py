@@ -10,9 +10,10 @@ Prints images/s for both on the same generated JPEGs, checks the arrays are
 identical (ImageBatcher with --preprocessing nvidia), then does the same for
 the opt-in reduced-resolution JPEG decode (draft) on large photos and for the
 default AutoML preprocessing (TensorFlow's resize, no antialiasing, exact mean
-padding), reporting their pixel differences from the baseline. Last, the
-batcher's uint8 batches (for graphs made with create_onnx.py --input_dtype
-uint8) against its float32 ones: batches/s and bytes per batch side by side.
+padding), reporting their pixel differences from the baseline, with its resize compiled (Numba) and in
+NumPy (the fallback where Numba is not installed). Last, the batcher's uint8 batches (for graphs made
+with create_onnx.py --input_dtype uint8) against its float32 ones: batches/s and bytes per batch side by
+side.
 """
 
 import argparse
@@ -20,6 +21,7 @@ import os
 import sys
 import tempfile
 import time
+from unittest import mock
 
 import numpy as np
 from PIL import Image
@@ -30,7 +32,13 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "fixtures"))
 
 from synthetic_images import make_image  # noqa: E402
 
+from efficientdet_trt.core import resize_kernel  # noqa: E402
 from image_batcher import AUTOML, NVIDIA, PAD_COLOR, ImageBatcher, Preprocessing, list_images  # noqa: E402
+
+
+def numpy_resize():
+    """The automl resize without its compiled loops, as where Numba is not installed."""
+    return mock.patch.object(resize_kernel, "compiled", lambda: None)
 
 
 def baseline_batches(folder, shape, layout, batch_size, dtype=np.float32):
@@ -119,15 +127,17 @@ def automl_exactness(folder, shape, count):
 
     from image_batcher import automl_fitted_size, resize_bilinear_tf
 
-    from_plain = from_tf = 0.0
+    from_plain = from_numpy = from_tf = 0.0
     for path in list_images(folder)[:count]:
         pixels = np.asarray(Image.open(path).convert("RGB"))
         new_w, new_h = automl_fitted_size(pixels.shape[1], pixels.shape[0], *shape)
         ours = resize_bilinear_tf(pixels, new_h, new_w)
         from_plain = max(from_plain, float(np.abs(ours - plain_resize_bilinear_tf(pixels, new_h, new_w)).max()))
+        with numpy_resize():
+            from_numpy = max(from_numpy, float(np.abs(ours - resize_bilinear_tf(pixels, new_h, new_w)).max()))
         theirs = tf.image.resize(tf.cast(pixels, tf.float32), (new_h, new_w), method="bilinear").numpy()
         from_tf = max(from_tf, float(np.abs(ours - theirs).max()))
-    return from_plain, from_tf
+    return from_plain, from_numpy, from_tf
 
 
 def worker_scaling(label, folder, shape, batch_size, count, repeats):
@@ -150,7 +160,9 @@ def main():
     parser.add_argument("--repeats", type=int, default=3, help="best of N runs")
     args = parser.parse_args()
     shape = (args.size, args.size)
-    print(f"{os.cpu_count()} CPU cores; model input {args.size}x{args.size}, batch {args.batch_size}")
+    compiled = "compiled (Numba)" if resize_kernel.compiled() else "NumPy (Numba is not installed)"
+    print(f"{os.cpu_count()} CPU cores; model input {args.size}x{args.size}, batch {args.batch_size}; "
+          f"automl resize {compiled}")
     with tempfile.TemporaryDirectory() as tmp:
         small, large = os.path.join(tmp, "small"), os.path.join(tmp, "large")
         write_jpegs(small, args.count, 640, 480)
@@ -164,13 +176,18 @@ def main():
                 args.repeats, preprocessing=Preprocessing())
         compare("3000x2000 JPEG, NHWC, automl preprocessing", large, shape, "NHWC", args.batch_size, args.large,
                 args.repeats, preprocessing=Preprocessing())
+        with numpy_resize():
+            compare("640x480 JPEG, NHWC, automl, NumPy resize", small, shape, "NHWC", args.batch_size, args.count,
+                    args.repeats, preprocessing=Preprocessing())
+            compare("3000x2000 JPEG, NHWC, automl, NumPy resize", large, shape, "NHWC", args.batch_size,
+                    args.large, args.repeats, preprocessing=Preprocessing())
         print("\nautoml preprocessing by worker threads:")
         worker_scaling("640x480 JPEG, NHWC", small, shape, args.batch_size, args.count, args.repeats)
         worker_scaling("3000x2000 JPEG, NHWC", large, shape, args.batch_size, args.large, args.repeats)
         for label, folder in (("640x480", small), ("3000x2000", large)):
-            from_plain, from_tf = automl_exactness(folder, shape, 8)
+            from_plain, from_numpy, from_tf = automl_exactness(folder, shape, 8)
             print(f"automl resize of {label} JPEGs: max |diff| from the plain formulation {from_plain:.1e}, "
-                  f"from tf.image.resize {from_tf:.1e}")
+                  f"from the NumPy one {from_numpy:.1e}, from tf.image.resize {from_tf:.1e}")
         print(f"\nuint8 against float32 batches (batch {args.batch_size}; bytes per batch):")
         for method in (AUTOML, NVIDIA):
             compare_dtypes(f"640x480 JPEG, NHWC, {method} preprocessing", small, shape, "NHWC", args.batch_size,

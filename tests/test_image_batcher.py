@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from efficientdet_trt.core import resize_kernel
 from efficientdet_trt.core.common import UserError
 from image_batcher import (
     AUTOML,
@@ -162,7 +163,18 @@ def test_tfod_preprocessing_equals_the_object_detection_apis_own(tmp_path, origi
     assert np.abs(ours[resized[0]:]).max(initial=0) < 1e-6 and np.abs(ours[:, resized[1]:]).max(initial=0) < 1e-6
 
 
-def test_legacy_bilinear_resize_is_tf1s_to_the_bit():
+@pytest.fixture(params=["compiled", "numpy"])
+def implementation(request, monkeypatch):
+    """resize_bilinear_tf's two implementations: the Numba kernel (efficientdet_trt.core.resize_kernel) and
+    the NumPy formulation used where Numba is not installed."""
+    if request.param == "numpy":
+        monkeypatch.setattr(resize_kernel, "compiled", lambda: None)
+    elif resize_kernel.compiled() is None:
+        pytest.skip("numba is not installed (requirements.txt lists it)")
+    return request.param
+
+
+def test_legacy_bilinear_resize_is_tf1s_to_the_bit(implementation):
     import tensorflow as tf
 
     pixels = np.random.default_rng(1).integers(0, 256, (480, 640, 3)).astype(np.uint8)
@@ -174,14 +186,24 @@ def test_legacy_bilinear_resize_is_tf1s_to_the_bit():
 
 @pytest.mark.parametrize("in_hw,out_hw", [((480, 640), (384, 512)), ((100, 37), (512, 190)), ((7, 9), (3, 4)),
                                           ((2000, 3000), (341, 512)), ((1, 1), (5, 3)), ((9, 1000), (2, 512))])
-def test_bilinear_resize_is_tensorflows_to_the_bit(in_hw, out_hw):
-    """From an array and from a PIL image (whose used rows are read by crops when it shrinks more than 2x)."""
+def test_bilinear_resize_is_tensorflows_to_the_bit(implementation, in_hw, out_hw):
+    """From an array and from a PIL image (whose used rows are read by crops when it shrinks more than 2x),
+    into a new array and into the top-left of bigger float32 slots, NHWC and NCHW; uint8 slots get TF's
+    values rounded half to even."""
     import tensorflow as tf
 
     pixels = np.random.default_rng(0).integers(0, 256, (*in_hw, 3)).astype(np.uint8)
     theirs = tf.image.resize(tf.cast(pixels, tf.float32), out_hw, method="bilinear").numpy()
     assert np.array_equal(resize_bilinear_tf(pixels, *out_hw), theirs)
     assert np.array_equal(resize_bilinear_tf(Image.fromarray(pixels), *out_hw), theirs)
+    height, width = out_hw[0] + 2, out_hw[1] + 3
+    for dtype, expected in ((np.float32, theirs), (np.uint8, np.rint(theirs).astype(np.uint8))):
+        for layout, shape in (("NHWC", (height, width, 3)), ("NCHW", (3, height, width))):
+            slot = np.full(shape, 7, dtype)
+            got = resize_bilinear_tf(pixels, *out_hw, out=slot, layout=layout)
+            assert got.dtype == dtype and np.array_equal(got, expected), (layout, dtype)
+            hwc = slot if layout == "NHWC" else slot.transpose(1, 2, 0)
+            assert np.all(hwc[out_hw[0]:] == 7) and np.all(hwc[:, out_hw[1]:] == 7)  # only the top-left written
 
 
 @pytest.mark.parametrize("original", [(1000, 300), (300, 1000), (100, 80), (640, 480), (512, 512), (37, 1200)])
