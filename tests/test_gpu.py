@@ -1,4 +1,5 @@
-"""The CUDA side on a real GPU: cuda_memory, the letterbox kernel against the CPU batcher, GPU decoding.
+"""The CUDA side on a real GPU: cuda_memory, the TensorRT runner's buffers (io_buffers), the letterbox kernel
+against the CPU batcher, GPU decoding.
 
 Marked `gpu`: without a CUDA device (CI) every test here skips with the reason. Run them on a GPU machine
 with `python -m pytest -m gpu tests/test_gpu.py` after `pip install -r requirements-gpu.txt` (README, Tests).
@@ -10,7 +11,8 @@ from PIL import Image
 from synthetic_images import make_image
 
 from efficientdet_trt.core.common import UserError
-from efficientdet_trt.engine import cuda_memory, gpu_preprocess
+from efficientdet_trt.engine import cuda_memory, gpu_preprocess, io_buffers
+from efficientdet_trt.engine.trt_adapter import IOTensor
 from image_batcher import ImageBatcher, Preprocessing, automl_fitted_size, fit_into, load_rgb, tfod_fitted_size
 
 
@@ -77,6 +79,56 @@ def test_pinned_device_round_trip_and_cuda_graph_replay(any_backend):
         backend.free(device)
         backend.free_pinned(source)
         backend.free_pinned(back)
+
+
+def _copy_engine(backend, buffers, batch):
+    """What the engine's enqueue would be: one device-to-device copy of the input batch onto the output, on
+    the buffers' stream (TensorRT cannot run here; this drives io_buffers exactly as TensorRTRunner does)."""
+    nbytes = batch * int(np.prod(buffers.tensors[0].shape[1:])) * 4
+
+    def enqueue():
+        kind = backend.rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice
+        error = backend.rt.cudaMemcpyAsync(buffers.device["boxes"], buffers.device["input"], nbytes, kind,
+                                           buffers.stream)[0]
+        assert error == backend.rt.cudaError_t.cudaSuccess, error
+
+    return enqueue
+
+
+@pytest.mark.parametrize("use_cuda_graph", [False, True], ids=["plain", "cuda_graph"])
+def test_engine_buffers_copy_in_run_and_copy_out(use_cuda_graph):
+    """TensorRTRunner's buffers, copies and CUDA graph (io_buffers.EngineBuffers) up to the TensorRT calls:
+    a dynamic-batch input and output, batches that grow and shrink, a graph replayed on new input."""
+    backend = cuda_memory.CudaPython()
+    tensors = [IOTensor("input", True, np.float32, (-1, 4, 6, 3)), IOTensor("boxes", False, np.float32, (-1, 72))]
+    bound = {}
+    buffers = io_buffers.EngineBuffers(backend, tensors, bound.__setitem__, use_cuda_graph)
+    rng = np.random.default_rng(5)
+    try:
+        graphs = []
+        for batch in (4, 4, 2, 3, 3):
+            buffers.allocate(batch)
+            assert bound == buffers.device and buffers.allocated_batch == 4  # bound once; never shrunk
+            data = rng.uniform(0, 255, (batch, 4, 6, 3)).astype(np.float32)
+            buffers.copy_in("input", data)
+            out = buffers.run(batch, _copy_engine(backend, buffers, batch), {"boxes": (batch, 72)})
+            assert np.array_equal(out["boxes"], data.reshape(batch, 72))  # fresh input every run, graph or not
+            assert buffers.last_gpu_ms is not None and buffers.last_gpu_ms >= 0
+            graphs.append(buffers._graph)
+        if use_cuda_graph:  # captured per batch size, replayed while it stays
+            assert graphs[0] is graphs[1] and graphs[1] is not graphs[2] and graphs[3] is graphs[4]
+        else:
+            assert graphs == [None] * 5
+        before = dict(bound)
+        buffers.allocate(8)  # grows: new buffers, bound again, the old graph (old addresses) dropped
+        assert bound == buffers.device and bound.keys() == before.keys() and buffers._graph is None
+        ones = np.ones((8, 4, 6, 3), np.float32)
+        buffers.copy_in("input", ones)
+        buffers.zero_rows("input", 3, 8)  # device_input's zeroing of the rows no image was written to
+        out = buffers.run(8, _copy_engine(backend, buffers, 8), {"boxes": (8, 72)})
+        assert np.all(out["boxes"][:3] == 1) and np.all(out["boxes"][3:] == 0)
+    finally:
+        buffers.close()
 
 
 def _gpu_letterbox(cuda, pixels, shape, layout, dtype, pad, method):

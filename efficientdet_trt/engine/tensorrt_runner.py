@@ -1,17 +1,16 @@
 """`TensorRTRunner`: a TensorRT engine (8.6-11.x, through trt_adapter.py) behind the runner interface.
 
-Buffers come from cuda_memory.py; with GPU preprocessing (gpu_preprocess.py)
-the input is written on the GPU (device_input / infer_device). The ONNX's
-metadata (class names, ...) is kept beside the engine (engine_metadata_path).
+Its buffers, copies and CUDA graph are io_buffers.EngineBuffers (over cuda_memory.py); this module
+makes the TensorRT calls. With GPU preprocessing (gpu_preprocess.py) the input is written on the GPU
+(device_input / infer_device). The ONNX's metadata (class names, ...) is kept beside the engine
+(engine_metadata_path).
 """
 
 import logging
 import os
 
-import numpy as np
-
 from efficientdet_trt.core.common import UserError
-from efficientdet_trt.engine import trt_adapter
+from efficientdet_trt.engine import io_buffers, trt_adapter
 from efficientdet_trt.run.runner import WINDOW_INPUT, Runner, TensorSpec, window_sizes
 
 log = logging.getLogger("tensorrt_runner")
@@ -82,37 +81,13 @@ class TensorRTRunner(Runner):
         if shape[0] < 0:
             low, _, high = trt_adapter.profile_shapes(self.engine, name)
             self.batch_range = (low[0], high[0])
-        self.stream = self.cuda.create_stream()
-        self.events = (self.cuda.create_event(), self.cuda.create_event())
-        self.device = {}
-        self.host = {}
-        self._allocated_batch = None
-        self._graph = None
-        self._graph_batch = None
+        self.buffers = io_buffers.EngineBuffers(self.cuda, self.tensors, self.context.set_tensor_address,
+                                                self.use_cuda_graph)
+        self.stream = self.buffers.stream
         self._device_batch = None
 
-    def _allocate(self, batch):
-        """Device and pinned host buffers for `batch` images (reallocated only when it grows)."""
-        if self._allocated_batch is not None and batch <= self._allocated_batch:
-            return
-        self._free_buffers()
-        for name, _, dtype, shape in self.tensors:  # IOTensor
-            full = tuple(batch if (i == 0 and d < 0) else d for i, d in enumerate(shape))
-            self.host[name] = self.cuda.pinned_empty(full, dtype)
-            self.device[name] = self.cuda.malloc(self.host[name].nbytes)
-            self.context.set_tensor_address(name, self.device[name])
-        self._allocated_batch = batch
-        self._graph = None
-
-    def _free_buffers(self):
-        for name, pointer in self.device.items():
-            self.cuda.free(pointer)
-            self.cuda.free_pinned(self.host[name])
-        self.device, self.host = {}, {}
-
     def deactivate_impl(self):
-        self._free_buffers()
-        self.cuda.destroy_stream(self.stream)
+        self.buffers.close()
         del self.context, self.engine, self.runtime
 
     def input_spec(self):
@@ -130,7 +105,7 @@ class TensorRTRunner(Runner):
         low, high = self.batch_range
         if not low <= batch <= high:
             raise UserError(f"{self.path}: batch {batch} is outside the engine's batch range {low}..{high}")
-        self._allocate(batch)
+        self.buffers.allocate(batch)
         if shape[0] < 0:
             for tensor in self._inputs:
                 self.context.set_input_shape(tensor.name, (batch,) + tuple(tensor.shape[1:]))
@@ -138,58 +113,30 @@ class TensorRTRunner(Runner):
     def device_input(self, count):
         """The device pointer of the input binding, ready for `count` images written there on `self.stream`
         (GPU preprocessing); rows a fixed-batch engine has beyond `count` are zeroed. Run with infer_device."""
-        name, _, dtype, shape = self._input
+        name, shape = self._input.name, self._input.shape
         batch = shape[0] if shape[0] >= 0 else count
         self._prepare(batch)
-        if batch > count:
-            row = int(np.prod(shape[1:])) * np.dtype(dtype).itemsize
-            self.cuda.memset(self.device[name] + count * row, (batch - count) * row, self.stream)
+        self.buffers.zero_rows(name, count, batch)
         self._device_batch = batch
-        return self.device[name]
+        return self.buffers.device[name]
 
     def infer_device(self, infos=None):
         """Run on the input device_input() handed out, already written on the GPU; outputs as infer()'s.
         A --clip_to_image engine gets its image sizes from `infos` (the batcher's) through the host."""
         if self.window_input:
-            self._copy_in(self.window_input, window_sizes(self._device_batch, infos, self.input_hw))
+            self.buffers.copy_in(self.window_input, window_sizes(self._device_batch, infos, self.input_hw))
         return self._run(self._device_batch)
 
-    def _copy_in(self, name, array):
-        dtype = next(t.dtype for t in self._inputs if t.name == name)
-        array = np.ascontiguousarray(array, dtype=dtype)
-        host = self.host[name].reshape(-1)[: array.size].reshape(array.shape)
-        host[...] = array
-        self.cuda.copy_to_device(self.device[name], host, self.stream)
-
     def infer(self, feed):
-        name = self._input.name
-        batch = len(feed[name])
+        batch = len(feed[self._input.name])
         self._prepare(batch)
         for tensor in self._inputs:
-            self._copy_in(tensor.name, feed[tensor.name])
+            self.buffers.copy_in(tensor.name, feed[tensor.name])
         return self._run(batch)
 
     def _run(self, batch):
-        outputs = [(n, trt_adapter.dims_tuple(self.context.get_tensor_shape(n)))
-                   for n in (t.name for t in self.tensors if not t.is_input)]
-        start, end = self.events
-        self.cuda.record_event(start, self.stream)
-        if self.use_cuda_graph and self.cuda.supports_graphs:
-            if self._graph is None or self._graph_batch != batch:
-                self._enqueue()  # TensorRT wants one plain enqueue after a shape change before capture
-                self.cuda.begin_capture(self.stream)
-                self._enqueue()
-                self._graph = self.cuda.end_capture(self.stream)
-                self._graph_batch = batch
-            self.cuda.launch_graph(self._graph, self.stream)
-        else:
-            self._enqueue()
-        self.cuda.record_event(end, self.stream)
-        results = {}
-        for out_name, out_shape in outputs:
-            host = self.host[out_name].reshape(-1)[: int(np.prod(out_shape))].reshape(out_shape)
-            self.cuda.copy_to_host(host, self.device[out_name], self.stream)
-            results[out_name] = host
-        self.cuda.synchronize(self.stream)
-        self.last_gpu_ms = self.cuda.elapsed_ms(start, end)
-        return {k: v.copy() for k, v in results.items()}
+        outputs = {t.name: trt_adapter.dims_tuple(self.context.get_tensor_shape(t.name))
+                   for t in self.tensors if not t.is_input}
+        results = self.buffers.run(batch, self._enqueue, outputs)
+        self.last_gpu_ms = self.buffers.last_gpu_ms
+        return results
