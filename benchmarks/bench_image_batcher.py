@@ -122,9 +122,12 @@ def plain_resize_bilinear_tf(image, new_h, new_w):
 
 
 def automl_exactness(folder, shape, count):
-    """max |difference| of the batcher's automl resize from the plain formulation and from tf.image.resize."""
-    import tensorflow as tf
-
+    """max |difference| of the batcher's automl resize from the plain formulation, from its NumPy fallback and
+    from tf.image.resize (None where TensorFlow is not installed)."""
+    try:
+        import tensorflow as tf
+    except ImportError:
+        tf = None
     from image_batcher import automl_fitted_size, resize_bilinear_tf
 
     from_plain = from_numpy = from_tf = 0.0
@@ -135,8 +138,10 @@ def automl_exactness(folder, shape, count):
         from_plain = max(from_plain, float(np.abs(ours - plain_resize_bilinear_tf(pixels, new_h, new_w)).max()))
         with numpy_resize():
             from_numpy = max(from_numpy, float(np.abs(ours - resize_bilinear_tf(pixels, new_h, new_w)).max()))
-        theirs = tf.image.resize(tf.cast(pixels, tf.float32), (new_h, new_w), method="bilinear").numpy()
-        from_tf = max(from_tf, float(np.abs(ours - theirs).max()))
+        if tf is not None:
+            theirs = tf.image.resize(tf.cast(pixels, tf.float32), (new_h, new_w), method="bilinear").numpy()
+            from_tf = max(from_tf, float(np.abs(ours - theirs).max()))
+    from_tf = from_tf if tf is not None else None
     return from_plain, from_numpy, from_tf
 
 
@@ -187,7 +192,8 @@ def main():
         for label, folder in (("640x480", small), ("3000x2000", large)):
             from_plain, from_numpy, from_tf = automl_exactness(folder, shape, 8)
             print(f"automl resize of {label} JPEGs: max |diff| from the plain formulation {from_plain:.1e}, "
-                  f"from the NumPy one {from_numpy:.1e}, from tf.image.resize {from_tf:.1e}")
+                  f"from the NumPy one {from_numpy:.1e}, from tf.image.resize "
+                  f"{'(TensorFlow not installed)' if from_tf is None else f'{from_tf:.1e}'}")
         print(f"\nuint8 against float32 batches (batch {args.batch_size}; bytes per batch):")
         for method in (AUTOML, NVIDIA):
             compare_dtypes(f"640x480 JPEG, NHWC, {method} preprocessing", small, shape, "NHWC", args.batch_size,
