@@ -2,7 +2,7 @@
 """GPU decoding and letterboxing (gpu_preprocess.py) against the CPU ImageBatcher, side by side in one run.
 
 Writes synthetic JPEGs (quality 90) of each --sizes, then batches them into the model's input (D0: 512x512,
-batch 32, automl preprocessing) both ways, float32 and uint8: the CPU batcher with every core's worker
+batch 32; automl and nvidia preprocessing) both ways, float32 and uint8: the CPU batcher with every core's worker
 thread, and the GPU path (nvImageCodec batch decode, the letterbox kernel into a device buffer, as an
 engine's input binding would get it). Prints images/s, the ratio and the card, and how far nvImageCodec's
 JPEG decode is from Pillow's on the same files. Needs a CUDA GPU and requirements-gpu.txt.
@@ -42,18 +42,18 @@ def write_jpegs(folder, count, width, height):
         pool.map(_write, jobs)
 
 
-def cpu_rate(folder, shape, batch_size, dtype, workers):
+def cpu_rate(folder, shape, batch_size, dtype, workers, method):
     batcher = ImageBatcher(folder, shape, "NHWC", batch_size, dtype, workers=workers,
-                           preprocessing=Preprocessing.for_model("automl"))
+                           preprocessing=Preprocessing.for_model(method))
     start = time.perf_counter()
     images = sum(len(infos) for _, infos in batcher)
     return images / (time.perf_counter() - start)
 
 
-def gpu_rate(folder, shape, batch_size, dtype, cuda, stream, buffer, workers):
+def gpu_rate(folder, shape, batch_size, dtype, cuda, stream, buffer, workers, method):
     batcher = gpu_preprocess.GpuImageBatcher(folder, shape, "NHWC", batch_size, dtype, cuda, stream,
                                              lambda count: buffer, workers=workers,
-                                             preprocessing=Preprocessing.for_model("automl"))
+                                             preprocessing=Preprocessing.for_model(method))
     try:
         start = time.perf_counter()
         images = sum(count for count, _ in batcher)
@@ -86,6 +86,7 @@ def main():
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--model", default="512x512", help="model input WxH")
     parser.add_argument("--repeat", type=int, default=2, help="timed passes per path (the best is shown)")
+    parser.add_argument("--methods", default="automl,nvidia", help="preprocessing methods, comma-separated")
     args = parser.parse_args()
     reason = gpu_preprocess.unavailable_reason()
     if reason:
@@ -103,18 +104,21 @@ def main():
             folder = os.path.join(work, size)
             write_jpegs(folder, args.count, photo_w, photo_h)
             mean, peak = decoder_difference(folder, 32)
-            gpu_rate(folder, shape, args.batch_size, np.float32, cuda, stream, buffer, workers)  # warm-up
-            for dtype in (np.float32, np.uint8):
-                cpu = max(cpu_rate(folder, shape, args.batch_size, dtype, workers) for _ in range(args.repeat))
-                gpu = max(gpu_rate(folder, shape, args.batch_size, dtype, cuda, stream, buffer, workers)
-                          for _ in range(args.repeat))
-                rows.append((size, np.dtype(dtype).name, cpu, gpu, mean, peak))
+            for method in args.methods.split(","):
+                gpu_rate(folder, shape, args.batch_size, np.float32, cuda, stream, buffer, workers, method)  # warm-up
+                for dtype in (np.float32, np.uint8):
+                    cpu = max(cpu_rate(folder, shape, args.batch_size, dtype, workers, method)
+                              for _ in range(args.repeat))
+                    gpu = max(gpu_rate(folder, shape, args.batch_size, dtype, cuda, stream, buffer, workers, method)
+                              for _ in range(args.repeat))
+                    rows.append((size, method, np.dtype(dtype).name, cpu, gpu, mean, peak))
     cuda.free(buffer)
     print(f"\n{cuda.device_name()}, {workers} CPU cores; {args.count} JPEGs (quality 90) per size -> "
-          f"{width}x{height} NHWC, batch {args.batch_size}, automl preprocessing; best of {args.repeat}")
-    print(f"{'photos':>10} {'dtype':>8} {'CPU batcher':>14} {'GPU path':>12} {'GPU/CPU':>8}   decode vs Pillow")
-    for size, dtype, cpu, gpu, mean, peak in rows:
-        print(f"{size:>10} {dtype:>8} {cpu:>10.1f} im/s {gpu:>8.1f} im/s {gpu / cpu:>7.1f}x   "
+          f"{width}x{height} NHWC, batch {args.batch_size}; best of {args.repeat}")
+    print(f"{'photos':>10} {'method':>7} {'dtype':>8} {'CPU batcher':>14} {'GPU path':>12} {'GPU/CPU':>8}   "
+          "decode vs Pillow")
+    for size, method, dtype, cpu, gpu, mean, peak in rows:
+        print(f"{size:>10} {method:>7} {dtype:>8} {cpu:>10.1f} im/s {gpu:>8.1f} im/s {gpu / cpu:>7.1f}x   "
               f"mean |d| {mean:.4f}, max {peak}")
 
 

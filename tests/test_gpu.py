@@ -13,7 +13,15 @@ from synthetic_images import make_image
 from efficientdet_trt.core.common import UserError
 from efficientdet_trt.engine import cuda_memory, gpu_preprocess, io_buffers
 from efficientdet_trt.engine.trt_adapter import IOTensor
-from image_batcher import ImageBatcher, Preprocessing, automl_fitted_size, fit_into, load_rgb, tfod_fitted_size
+from image_batcher import (
+    ImageBatcher,
+    Preprocessing,
+    automl_fitted_size,
+    fit_into,
+    fitted_size,
+    load_rgb,
+    tfod_fitted_size,
+)
 
 
 def _device_count():
@@ -132,27 +140,34 @@ def test_engine_buffers_copy_in_run_and_copy_out(use_cuda_graph):
 
 
 def _gpu_letterbox(cuda, pixels, shape, layout, dtype, pad, method):
-    """The kernel on `pixels` (uint8 [h, w, 3] uploaded as they are) into a poisoned [1, ...] batch slot."""
+    """The kernels on `pixels` (uint8 [h, w, 3] uploaded as they are) into a poisoned [1, ...] batch slot."""
     backend, stream = cuda
     height, width = shape
     slot = (1, height, width, 3) if layout == "NHWC" else (1, 3, height, width)
     host_in = backend.pinned_empty(pixels.shape, np.uint8)
     host_out = backend.pinned_empty(slot, dtype)
     source, target = backend.malloc(pixels.nbytes), backend.malloc(host_out.nbytes)
+    resizer = None
     try:
         host_in[...] = pixels
         host_out[...] = 77  # poison: every value must be written
         backend.copy_to_device(source, host_in, stream)
         backend.copy_to_device(target, host_out, stream)
-        fitted = automl_fitted_size if method == "automl" else tfod_fitted_size
+        fitted = {"automl": automl_fitted_size, "tfod": tfod_fitted_size, "nvidia": fitted_size}[method]
         new_w, new_h = fitted(pixels.shape[1], pixels.shape[0], height, width)
-        gpu_preprocess.compiled_letterbox().launch(source, pixels.shape[:2], pixels.shape[1] * 3, target, shape,
-                                                   (new_h, new_w), pad, layout, dtype, backend.stream_handle(stream),
-                                                   half_pixel=method == "automl")
+        image = (source, pixels.shape[:2], pixels.shape[1] * 3)
+        letterbox = gpu_preprocess.compiled_letterbox()
+        if method == "nvidia":  # Pillow's passes first, as GpuImageBatcher does
+            resizer = gpu_preprocess.PillowResize(backend, stream, letterbox)
+            image = resizer([image], [(new_h, new_w)])[0]
+        letterbox.launch(*image, target, shape, (new_h, new_w), pad, layout, dtype, backend.stream_handle(stream),
+                         half_pixel=method != "tfod")
         backend.copy_to_host(host_out, target, stream)
         backend.synchronize(stream)
         return np.array(host_out[0])
     finally:
+        if resizer is not None:
+            resizer.close()
         backend.free(source)
         backend.free(target)
         backend.free_pinned(host_in)
@@ -164,7 +179,7 @@ SIZES = [((1, 1), (512, 512)), ((1000, 600), (512, 512)), ((4000, 3000), (512, 5
          ((200, 150), (512, 512)), ((1000, 600), (384, 640)), ((333, 777), (320, 320))]
 
 
-@pytest.mark.parametrize("method", ["automl", "tfod"])
+@pytest.mark.parametrize("method", ["automl", "tfod", "nvidia"])
 @pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
 @pytest.mark.parametrize("dtype", [np.float32, np.uint8])
 @pytest.mark.parametrize("size,model", SIZES)
@@ -179,7 +194,7 @@ def test_the_letterbox_kernel_equals_the_cpu_batch(cuda, size, model, dtype, lay
     delta = np.abs(ours.astype(np.float64) - expected.astype(np.float64)).max()
     print(f"{method} {size} -> {model} {np.dtype(dtype).name} {layout}: max |delta| {delta}")
     assert delta <= 1e-3
-    assert np.array_equal(ours, expected)  # the same float32 steps: bit for bit
+    assert np.array_equal(ours, expected)  # the same float32 steps (nvidia: Pillow's integer passes): bit for bit
 
 
 def _write_jpegs(folder, sizes):
@@ -195,14 +210,15 @@ def _write_jpegs(folder, sizes):
 
 
 @pytest.mark.skipif(_nvimgcodec_reason() is not None, reason=f"GPU decoding unavailable: {_nvimgcodec_reason()}")
-@pytest.mark.parametrize("dtype,layout", [(np.float32, "NHWC"), (np.uint8, "NCHW")])
-def test_gpu_batches_match_the_cpu_batcher_up_to_the_jpeg_decoder(cuda, tmp_path, dtype, layout):
+@pytest.mark.parametrize("dtype,layout,method", [(np.float32, "NHWC", "automl"), (np.uint8, "NCHW", "automl"),
+                                                 (np.float32, "NCHW", "nvidia"), (np.uint8, "NHWC", "nvidia")])
+def test_gpu_batches_match_the_cpu_batcher_up_to_the_jpeg_decoder(cuda, tmp_path, dtype, layout, method):
     """nvImageCodec's batches: the CPU batcher's sizes, scales and skips, EXIF applied; pixels differ only by
     the JPEG decoders (nvJPEG vs Pillow's libjpeg)."""
     backend, stream = cuda
     folder = _write_jpegs(tmp_path / "images", [(1000, 600), (600, 1000), (1920, 1080), (300, 200), (1, 1)])
     shape, batch_size = (512, 512), 4
-    preprocessing = Preprocessing.for_model("automl")
+    preprocessing = Preprocessing.for_model(method)
     cpu = ImageBatcher(str(folder), shape, layout, batch_size, dtype, preprocessing=preprocessing)
     slot = int(np.prod(shape)) * 3 * np.dtype(dtype).itemsize
     buffer = backend.malloc(slot * batch_size)
@@ -221,7 +237,8 @@ def test_gpu_batches_match_the_cpu_batcher_up_to_the_jpeg_decoder(cuda, tmp_path
         assert len(cpu_batches) == len(gpu) and sorted(gpu.skipped) == sorted(cpu.skipped)
         assert [p.endswith("broken.jpg") for p in gpu.skipped] == [True]
         every = np.concatenate([d.ravel() for d in deltas])
-        print(f"GPU decode vs Pillow ({np.dtype(dtype).name}): mean |delta| {every.mean():.4f}, max {every.max():.2f}")
+        print(f"GPU decode vs Pillow ({method}, {np.dtype(dtype).name}): mean |delta| {every.mean():.4f}, "
+              f"max {every.max():.2f}")
         assert every.mean() < 1.0 and every.max() <= 64  # JPEG decoders differ; a wrong resize differs by far more
         rotated = [i for batch in cpu_batches for i in batch[1] if i.path.endswith("rotated.jpg")][0]
         assert (rotated.width, rotated.height) == (400, 640)

@@ -310,3 +310,18 @@ def test_exif_orientation_is_applied(tmp_path, draft):
     assert np.abs(batch[0, :6, 58:62] - [255, 0, 0]).max() < 40  # red at the fitted image's top-right
     padding = batch[0, :, 65:].reshape(-1, 3)  # the fitted image is 64 wide; the rest is padding
     assert padding.std(axis=0).max() < 1
+
+
+@pytest.mark.parametrize("in_hw,out_hw", [((480, 640), (384, 512)), ((1080, 1920), (288, 512)), ((1200, 37), (512, 16)),
+                                          ((100, 100), (30, 90)), ((100, 50), (50, 25)), ((300, 100), (150, 50)),
+                                          ((1, 1), (512, 512)), ((77, 333), (118, 512)), ((64, 64), (64, 64)),
+                                          ((3000, 4000), (384, 512)), ((512, 700), (512, 300))])
+def test_pillow_resize_model_is_pillows_to_the_bit(in_hw, out_hw):
+    """engine/pillow_resize.py, the `nvidia` method's arithmetic the GPU kernel runs (coefficient tables, pass
+    order, integer passes), is Pillow's own Image.resize(BILINEAR), here in NumPy: shrinking, enlarging, the
+    height shrunk much more than the width (Pillow 13 runs the vertical pass first) and equal sizes."""
+    from efficientdet_trt.engine import pillow_resize
+
+    pixels = np.random.default_rng(in_hw[0] * 7 + out_hw[1]).integers(0, 256, (*in_hw, 3)).astype(np.uint8)
+    theirs = np.asarray(Image.fromarray(pixels).resize(out_hw[::-1], Image.BILINEAR))
+    assert np.array_equal(pillow_resize.resize(pixels, out_hw[1], out_hw[0]), theirs)

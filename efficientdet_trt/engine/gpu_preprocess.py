@@ -10,7 +10,10 @@ the size from automl_fitted_size / tfod_fitted_size (on the host), TensorFlow's 
 or TF1's legacy ones) and lerps in float32 in the same order, compiled with --fmad=false so no
 multiply-add is fused and every step rounds as NumPy's does, padding with the method's colour, float32 or
 uint8 (rint, clipped), NHWC or NCHW. On the same decoded pixels it equals the CPU batcher bit for bit
-(tests/test_gpu.py). The `nvidia` method (Pillow's antialiasing resize) is not done here: it runs on the CPU.
+(tests/test_gpu.py). The `nvidia` method (Pillow's resize, which antialiases when shrinking) runs as Pillow's
+own integer passes (pillow_resize.py: its coefficient tables and pass order; a second kernel runs each pass into
+scratch device memory), then the letterbox kernel copies the result in and pads: equal to Pillow's result on
+the same decoded pixels, bit for bit.
 
 Nothing here runs without an NVIDIA driver; `unavailable_reason()` says why it cannot be used.
 """
@@ -22,13 +25,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from efficientdet_trt.engine import pillow_resize
 from image_batcher import (
     AUTOML,
+    NVIDIA,
     TFOD,
     ImageBatcher,
     ImageInfo,
     Preprocessing,
     automl_fitted_size,
+    fitted_size,
     list_images,
     load_rgb,
     tfod_fitted_size,
@@ -84,14 +90,38 @@ extern "C" __global__ void letterbox(
         }
     }
 }
+
+extern "C" __global__ void pillow_pass(
+    const unsigned char* src, long long src_row_bytes, unsigned char* dst, long long dst_row_bytes,
+    int out_h, int out_w, const int* table, int ksize, int vertical)
+{
+    /* One 8-bit pass of Pillow's resize (pillow_resize.py): table = first tap [n], tap count [n],
+       weights [n, ksize] (int32, 22 fraction bits) for the n output rows (vertical) or columns */
+    int x = blockIdx.x * blockDim.x + threadIdx.x;
+    int y = blockIdx.y * blockDim.y + threadIdx.y;
+    if (x >= out_w || y >= out_h) return;
+    int n = vertical ? out_h : out_w;
+    int j = vertical ? y : x;
+    int first = table[j], count = table[n + j];
+    const int* weights = table + 2 * n + (long long)j * ksize;
+    for (int c = 0; c < 3; ++c) {
+        int sum = 1 << 21;
+        for (int i = 0; i < count; ++i) {
+            long long at = vertical ? (long long)(first + i) * src_row_bytes + x * 3 + c
+                                    : (long long)y * src_row_bytes + (first + i) * 3 + c;
+            sum += (int)src[at] * weights[i];
+        }
+        int value = sum >> 22;
+        dst[(long long)y * dst_row_bytes + x * 3 + c] = (unsigned char)(value < 0 ? 0 : (value > 255 ? 255 : value));
+    }
+}
 """
+PILLOW_KERNEL_NAME = b"pillow_pass"
+ALIGN = 256  # bytes: each scratch buffer starts on this boundary
 
 
-def unavailable_reason(preprocessing=None):
+def unavailable_reason():
     """None when GPU decoding and letterboxing can run here, else why not (one line)."""
-    if preprocessing is not None and preprocessing.method not in (AUTOML, TFOD):
-        return (f"--preprocessing {preprocessing.method} runs on the CPU (the GPU path does the automl and tfod "
-                "arithmetic)")
     try:
         from cuda.bindings import runtime  # pyright: ignore[reportAttributeAccessIssue]
     except ImportError:
@@ -135,7 +165,7 @@ def engine_for_gpu(choice, runner, preprocessing):
         if choice == "gpu":
             raise UserError("--preprocess_on gpu feeds a TensorRT engine's input on the GPU: give --engine")
         return None
-    reason = unavailable_reason(preprocessing)
+    reason = unavailable_reason()
     if reason:
         if choice == "gpu":
             raise UserError(f"--preprocess_on gpu: {reason}")
@@ -193,6 +223,8 @@ class Letterbox:
         nvrtc.nvrtcDestroyProgram(program)
         self.module = _check(driver.cuModuleLoadData(cubin), "cuModuleLoadData")
         self.kernel = _check(driver.cuModuleGetFunction(self.module, KERNEL_NAME), "cuModuleGetFunction")
+        self.pillow_kernel = _check(driver.cuModuleGetFunction(self.module, PILLOW_KERNEL_NAME),
+                                    "cuModuleGetFunction")
         log.debug("letterbox kernel compiled for sm_%d%d", major, minor)
 
     def launch(self, source, source_hw, row_bytes, target, out_hw, new_hw, pad, layout, dtype, stream,
@@ -206,9 +238,21 @@ class Letterbox:
                   *(np.array([value], np.float32) for value in pad),
                   np.array([layout == "NCHW"], np.int32), np.array([np.dtype(dtype) == np.uint8], np.int32),
                   np.array([half_pixel], np.int32)]
+        self._launch(self.kernel, values, out_hw, stream)
+
+    def pillow_pass(self, source, row_bytes, target, target_row_bytes, out_hw, table, ksize, vertical, stream):
+        """One pass of Pillow's resize from the uint8 RGB image at `source` into the uint8 [out_hw] image at
+        `target`; `table`: the device pointer of pillow_resize.coefficients packed as int32."""
+        values = [np.array([source], np.uint64), np.array([row_bytes], np.int64), np.array([target], np.uint64),
+                  np.array([target_row_bytes], np.int64), np.array([out_hw[0]], np.int32),
+                  np.array([out_hw[1]], np.int32), np.array([table], np.uint64), np.array([ksize], np.int32),
+                  np.array([vertical], np.int32)]
+        self._launch(self.pillow_kernel, values, out_hw, stream)
+
+    def _launch(self, kernel, values, out_hw, stream):
         addresses = np.array([value.ctypes.data for value in values], np.uint64)
         grid = ((out_hw[1] + BLOCK[0] - 1) // BLOCK[0], (out_hw[0] + BLOCK[1] - 1) // BLOCK[1], 1)
-        _check(self.driver.cuLaunchKernel(self.kernel, *grid, *BLOCK, 0, self.driver.CUstream(int(stream)),
+        _check(self.driver.cuLaunchKernel(kernel, *grid, *BLOCK, 0, self.driver.CUstream(int(stream)),
                                           addresses.ctypes.data, 0), "cuLaunchKernel")
 
 
@@ -234,6 +278,68 @@ def _device_array(image):
     return int(interface["data"][0]), (height, width), int(strides[0])
 
 
+class PillowResize:
+    """The `nvidia` method's resize on the GPU, as Pillow's Image.resize(BILINEAR) computes it: pillow_resize's
+    coefficient tables and pass order, each pass one launch of the pillow_pass kernel."""
+
+    def __init__(self, cuda, stream, letterbox):
+        self.cuda, self.stream, self.letterbox = cuda, stream, letterbox
+        self._scratch, self._scratch_bytes = None, 0
+
+    def __call__(self, sources, sizes):
+        """Each (pointer, (h, w), row bytes) uint8 RGB device image resized to its (new_h, new_w) in `sizes`:
+        the coefficient tables uploaded once, one kernel launch per pass, on the stream, into scratch device
+        memory; returns the resized images likewise. Call it again only once the stream has finished the
+        previous call's kernels (their scratch is reused)."""
+        tables, steps, used = [], [], 0
+        for (_, (height, width), _), (new_h, new_w) in zip(sources, sizes):
+            shape, plan = (height, width), []
+            for name in pillow_resize.passes(width, height, new_w, new_h):
+                vertical = name == "vertical"
+                first, count, weights = pillow_resize.coefficients(shape[0] if vertical else shape[1],
+                                                                   new_h if vertical else new_w)
+                table = np.concatenate([first, count, weights.ravel()])
+                plan.append((vertical, used, weights.shape[1]))
+                tables.append(table)
+                used += -(-table.nbytes // ALIGN) * ALIGN
+                shape = (new_h, shape[1]) if vertical else (shape[0], new_w)
+            steps.append(plan)
+        table_bytes, layout = used, []  # after the tables, per image one buffer per pass (the last: the result)
+        for plan, (source, (new_h, new_w)) in zip(steps, zip(sources, sizes)):
+            height, width = source[1]
+            buffers, shape = [], (height, width)
+            for vertical, _, _ in plan:
+                shape = (new_h, shape[1]) if vertical else (shape[0], new_w)
+                buffers.append((used, shape))
+                used += -(-(shape[0] * shape[1] * 3) // ALIGN) * ALIGN
+            layout.append(buffers)
+        if used > self._scratch_bytes:
+            if self._scratch is not None:
+                self.cuda.free(self._scratch)
+            self._scratch, self._scratch_bytes = self.cuda.malloc(used), used
+        if tables:
+            packed = np.zeros(table_bytes // 4, np.int32)
+            for (_, offset, _), table in zip((step for plan in steps for step in plan), tables):
+                packed[offset // 4: offset // 4 + table.size] = table
+            self.cuda.copy_to_device(self._scratch, packed, self.stream)  # pageable: staged before it returns
+        stream = self.cuda.stream_handle(self.stream)
+        resized = []
+        for plan, buffers, source in zip(steps, layout, sources):
+            pointer, row_bytes = source[0], source[2]
+            for (vertical, offset, ksize), (at, shape) in zip(plan, buffers):
+                target = self._scratch + at
+                self.letterbox.pillow_pass(pointer, row_bytes, target, shape[1] * 3, shape, self._scratch + offset,
+                                           ksize, vertical, stream)
+                pointer, row_bytes = target, shape[1] * 3
+            resized.append((pointer, buffers[-1][1] if buffers else source[1], row_bytes))
+        return resized
+
+    def close(self):
+        if self._scratch is not None:
+            self.cuda.free(self._scratch)
+            self._scratch, self._scratch_bytes = None, 0
+
+
 class GpuImageBatcher:
     """Batches decoded and letterboxed on the GPU into a device buffer: the CPU ImageBatcher's iteration.
 
@@ -247,7 +353,7 @@ class GpuImageBatcher:
                  recursive=False, workers=None, preprocessing=Preprocessing()):
         from nvidia import nvimgcodec  # pyright: ignore[reportMissingImports]
 
-        reason = unavailable_reason(preprocessing)
+        reason = unavailable_reason()
         if reason:
             raise RuntimeError(reason)
         self.nvimgcodec = nvimgcodec
@@ -258,8 +364,9 @@ class GpuImageBatcher:
         self.cuda, self.stream, self.target = cuda, stream, target
         self.pad = tuple(float(v) for v in (np.rint(preprocessing.pad) if self.dtype.kind in "iu"
                                             else preprocessing.pad))
-        self.half_pixel = preprocessing.method == AUTOML
-        self.fitted_size = automl_fitted_size if self.half_pixel else tfod_fitted_size
+        self.method = preprocessing.method
+        self.half_pixel = self.method != TFOD  # (nvidia: the letterbox kernel only copies Pillow's result)
+        self.fitted_size = {AUTOML: automl_fitted_size, TFOD: tfod_fitted_size, NVIDIA: fitted_size}[self.method]
         files = list_images(input_path, recursive)
         self.files = files[:max_num_images] if max_num_images else files
         self.skipped = []
@@ -267,6 +374,7 @@ class GpuImageBatcher:
         self.params = nvimgcodec.DecodeParams(apply_exif_orientation=True, color_spec=nvimgcodec.ColorSpec.SRGB,
                                               sample_format=nvimgcodec.SampleFormat.I_RGB)
         self.letterbox = compiled_letterbox()
+        self.pillow_resize = PillowResize(cuda, stream, self.letterbox) if self.method == NVIDIA else None
         self.readers = ThreadPoolExecutor(workers or os.cpu_count() or 1, thread_name_prefix="gpu-batcher-read")
         self._alive = []  # decoded images, kept until the kernels that read them have run
         self._reusable = []  # the previous batch's decoded images: their device buffers are reused
@@ -336,14 +444,19 @@ class GpuImageBatcher:
                 continue
             self._alive = [image for _, image in kept]
             target = self.target(len(kept))
-            infos = []
-            for row, (path, image) in enumerate(kept):
-                pointer, (src_h, src_w), row_bytes = _device_array(image)
+            infos, sources, sizes = [], [], []
+            for path, image in kept:
+                sources.append(_device_array(image))
+                src_h, src_w = sources[-1][1]
                 new_w, new_h = self.fitted_size(src_w, src_h, self.height, self.width)
-                self.letterbox.launch(pointer, (src_h, src_w), row_bytes, target + row * self.slot_bytes,
-                                      (self.height, self.width), (new_h, new_w), self.pad, self.layout, self.dtype,
-                                      self.cuda.stream_handle(self.stream), self.half_pixel)
+                sizes.append((new_h, new_w))
                 infos.append(ImageInfo(path, src_w, src_h, new_w / src_w, new_h / src_h))
+            if self.pillow_resize is not None:  # nvidia: resized as Pillow does; the letterbox kernel then copies
+                sources = self.pillow_resize(sources, sizes)
+            for row, ((pointer, source_hw, row_bytes), new_hw) in enumerate(zip(sources, sizes)):
+                self.letterbox.launch(pointer, source_hw, row_bytes, target + row * self.slot_bytes,
+                                      (self.height, self.width), new_hw, self.pad, self.layout, self.dtype,
+                                      self.cuda.stream_handle(self.stream), self.half_pixel)
             yield len(kept), infos
         if self.skipped:
             log.warning("skipped %d unreadable image(s)", len(self.skipped))
@@ -351,3 +464,5 @@ class GpuImageBatcher:
     def close(self):
         self.readers.shutdown(wait=False, cancel_futures=True)
         self._alive, self._reusable = [], []
+        if self.pillow_resize is not None:
+            self.pillow_resize.close()
