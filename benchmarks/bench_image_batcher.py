@@ -146,14 +146,16 @@ def automl_exactness(folder, shape, count):
 
 
 def worker_scaling(label, folder, shape, batch_size, count, repeats):
-    """automl ImageBatcher images/s with 1, 2 and all cores' worker threads."""
-    counts = sorted({1, 2, os.cpu_count() or 1})
-    rates = []
-    for workers in counts:
-        rates.append(max(timed((b for b, _ in ImageBatcher(folder, shape, "NHWC", batch_size, workers=workers,
-                                                           preprocessing=Preprocessing())), count)[0]
-                         for _ in range(repeats)))
-    print(f"{label:44s} " + " | ".join(f"{w} worker(s) {r:6.1f} img/s" for w, r in zip(counts, rates)))
+    """automl and nvidia ImageBatcher images/s with 1, 2, half and all cores' worker threads."""
+    cores = os.cpu_count() or 1
+    counts = sorted({1, 2, max(1, cores // 2), cores})
+    for method in (AUTOML, NVIDIA):
+        rates = []
+        for workers in counts:
+            rates.append(max(timed((b for b, _ in ImageBatcher(folder, shape, "NHWC", batch_size, workers=workers,
+                                                               preprocessing=Preprocessing.for_model(method))),
+                                   count)[0] for _ in range(repeats)))
+        print(f"{label + ', ' + method:44s} " + " | ".join(f"{w}: {r:6.1f} img/s" for w, r in zip(counts, rates)))
 
 
 def main():
@@ -186,7 +188,7 @@ def main():
                     args.repeats, preprocessing=Preprocessing())
             compare("3000x2000 JPEG, NHWC, automl, NumPy resize", large, shape, "NHWC", args.batch_size,
                     args.large, args.repeats, preprocessing=Preprocessing())
-        print("\nautoml preprocessing by worker threads:")
+        print("\nimages/s by worker threads:")
         worker_scaling("640x480 JPEG, NHWC", small, shape, args.batch_size, args.count, args.repeats)
         worker_scaling("3000x2000 JPEG, NHWC", large, shape, args.batch_size, args.large, args.repeats)
         for label, folder in (("640x480", small), ("3000x2000", large)):
