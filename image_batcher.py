@@ -235,8 +235,8 @@ def resize_bilinear_tf(pixels, new_h, new_w, out=None, half_pixel=True, layout="
     * dx), so the result is bit-identical to it. Each source row used is interpolated along x once, however
     many output rows use it (an enlarged image reuses each row up to new_h / h times), and a big photo is
     never converted whole, only its used rows are read. The loops run compiled (efficientdet_trt.core.
-    resize_kernel, through Numba) where Numba is installed, else in NumPy (same values, about 2x slower:
-    benchmarks/bench_image_batcher.py).
+    resize_kernel, through Numba) where Numba is installed, else in NumPy (same values, the resize about 2.5x
+    slower: benchmarks/bench_image_batcher.py).
     """
     height, width = (pixels.size[1], pixels.size[0]) if isinstance(pixels, Image.Image) else pixels.shape[:2]
     top, bottom, weight_y = _bilinear_taps(height, new_h, half_pixel)
