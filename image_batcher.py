@@ -39,7 +39,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageOps
 
-from efficientdet_trt.core import resize_kernel
+from efficientdet_trt.core import pillow_pixels, resize_kernel
 from efficientdet_trt.core.common import UserError
 from efficientdet_trt.core.metadata import FAMILY_KEY, TFOD_FAMILY
 
@@ -207,20 +207,24 @@ def _bilinear_taps(in_size, out_size, half_pixel=True):
 
 
 def _source_rows(image, used):
-    """An RGB image's rows as uint8 [n, w * 3], and where the rows `used` (sorted, unique) are in it. A PIL
-    image is not converted whole when few of its rows are used (a big photo shrunk): its runs of used rows
-    are cropped, and those are all the rows returned."""
+    """(rows, where, pixel bytes): an RGB image's rows as uint8 [n, w * pixel bytes] and where the rows `used`
+    (sorted, unique) are in it. A PIL image is read in place where Pillow can export it (pillow_pixels: RGBX,
+    4 bytes a pixel, no copy); else it is not converted whole when few of its rows are used (a big photo
+    shrunk): its runs of used rows are cropped, and those are all the rows returned."""
     if isinstance(image, Image.Image):
         width, height = image.size
         if image.mode != "RGB":
             image = image.convert("RGB")
+        in_place = pillow_pixels.rgbx_rows(image)
+        if in_place is not None:
+            return in_place, used, 4
         if 2 * len(used) > height:
             image = np.asarray(image)
         else:
             runs = np.split(used, np.flatnonzero(np.diff(used) != 1) + 1)
             data = b"".join(image.crop((0, int(run[0]), width, int(run[-1]) + 1)).tobytes() for run in runs)
-            return np.frombuffer(data, np.uint8).reshape(len(used), width * 3), np.arange(len(used))
-    return np.ascontiguousarray(image).reshape(image.shape[0], -1), used
+            return np.frombuffer(data, np.uint8).reshape(len(used), width * 3), np.arange(len(used)), 3
+    return np.ascontiguousarray(image).reshape(image.shape[0], -1), used, 3
 
 
 def resize_bilinear_tf(pixels, new_h, new_w, out=None, half_pixel=True, layout="NHWC"):
@@ -242,18 +246,18 @@ def resize_bilinear_tf(pixels, new_h, new_w, out=None, half_pixel=True, layout="
     top, bottom, weight_y = _bilinear_taps(height, new_h, half_pixel)
     left, right, weight_x = _bilinear_taps(width, new_w, half_pixel)
     used, row_of = np.unique(np.concatenate([top, bottom]), return_inverse=True)
-    rows, at = _source_rows(pixels, used)
+    rows, at, pixel_bytes = _source_rows(pixels, used)
     if out is None:
         out = np.empty((new_h, new_w, 3), np.float32)
     view = out[:new_h, :new_w] if layout == "NHWC" else out[:, :new_h, :new_w].transpose(1, 2, 0)
     kernel = resize_kernel.compiled()
     if kernel is not None and out.dtype in (np.float32, np.uint8) and out.flags.c_contiguous:
-        kernel(rows, at, row_of[:new_h], row_of[new_h:], weight_y, left * 3, right * 3, weight_x, out,
-               layout == "NCHW", out.dtype == np.uint8)
+        kernel(rows, at, row_of[:new_h], row_of[new_h:], weight_y, left * pixel_bytes, right * pixel_bytes,
+               weight_x, out, layout == "NCHW", out.dtype == np.uint8)
         return view
     # NumPy: the column taps gathered with one np.take over bytes (~25% faster than over 3-byte pixels), the
     # uint8 values made float32 inside the ufuncs, the arithmetic in place.
-    columns = (np.concatenate([left, right])[:, None] * 3 + np.arange(3)).ravel()  # byte offsets of the taps
+    columns = (np.concatenate([left, right])[:, None] * pixel_bytes + np.arange(3)).ravel()  # the taps' bytes
     rows = rows if len(at) == rows.shape[0] else np.take(rows, at, axis=0)
     taps = np.take(rows, columns, axis=1, mode="clip").reshape(len(used), 2 * new_w, 3)
     start, end = taps[:, :new_w], taps[:, new_w:]

@@ -325,3 +325,23 @@ def test_pillow_resize_model_is_pillows_to_the_bit(in_hw, out_hw):
     pixels = np.random.default_rng(in_hw[0] * 7 + out_hw[1]).integers(0, 256, (*in_hw, 3)).astype(np.uint8)
     theirs = np.asarray(Image.fromarray(pixels).resize(out_hw[::-1], Image.BILINEAR))
     assert np.array_equal(pillow_resize.resize(pixels, out_hw[1], out_hw[0]), theirs)
+
+
+def test_pillow_pixels_are_the_images_own_and_outlive_it():
+    """The resize reads a decoded photo in place (pillow_pixels, through Pillow's Arrow export) instead of
+    copying it out: the view holds the image's RGB values and keeps its memory alive after the image is gone;
+    images Pillow cannot export so (several blocks, other modes) get None and are copied as before."""
+    import gc
+
+    from efficientdet_trt.core import pillow_pixels
+
+    pixels = np.random.default_rng(4).integers(0, 256, (48, 64, 3)).astype(np.uint8)
+    image = Image.fromarray(pixels)
+    view = pillow_pixels.rgbx_rows(image)
+    assert view is not None and view.shape == (48, 64 * 4) and view.dtype == np.uint8
+    del image
+    gc.collect()
+    Image.new("RGB", (64, 48), (1, 2, 3)).load()  # memory freed too early would be reused here
+    assert np.array_equal(view.reshape(48, 64, 4)[:, :, :3], pixels)
+    assert pillow_pixels.rgbx_rows(Image.new("RGB", (3000, 2000))) is None  # 24 MB: more than one block
+    assert pillow_pixels.rgbx_rows(Image.new("L", (4, 4))) is None

@@ -18,7 +18,8 @@ log = logging.getLogger("image_batcher")
 
 @functools.cache
 def compiled():
-    """The compiled `bilinear(rows, used, top, bottom, weight_y, left, right, weight_x, out, planar, rounded)`, or None."""
+    """The compiled `bilinear(rows, used, top, bottom, weight_y, left, right, weight_x, out, planar, rounded)`,
+    or None."""
     try:
         import numba
         import numpy as np
@@ -38,11 +39,12 @@ def compiled():
 
     @numba.njit(nogil=True, cache=True)
     def bilinear(rows, used, top, bottom, weight_y, left, right, weight_x, out, planar, rounded):
-        """rows: uint8 [n, w * 3]; used: the rows (indices into `rows`) that the output reads; top/bottom:
-        per output row, its two source rows as indices into `used`; left/right: per output pixel, the byte
-        offsets of its two taps in a row; weight_x: per output pixel. out: a C-contiguous [H, W, 3]
-        (planar=False) or [3, H, W] (planar=True) float32 array (exact values), or uint8 with rounded=True
-        (rounded half to even, as np.rint, and clipped); its top-left len(top) x len(left) is written."""
+        """rows: uint8 [n, w * 3] (RGB) or [n, w * 4] (RGBX); used: the rows (indices into `rows`) that the
+        output reads; top/bottom: per output row, its two source rows as indices into `used`; left/right: per
+        output pixel, the byte offsets of its two taps in a row; weight_x: per output pixel. out: a
+        C-contiguous [H, W, 3] (planar=False) or [3, H, W] (planar=True) float32 array (exact values), or
+        uint8 with rounded=True (rounded half to even, as np.rint, and clipped); its top-left
+        len(top) x len(left) is written."""
         new_h, new_w = len(top), len(left)
         across = np.empty((len(used), new_w * 3), np.float32)
         for k in range(len(used)):
