@@ -46,18 +46,20 @@ def compiled():
         uint8 with rounded=True (rounded half to even, as np.rint, and clipped); its top-left
         len(top) x len(left) is written."""
         new_h, new_w = len(top), len(left)
-        across = np.empty((len(used), new_w * 3), np.float32)
-        for k in range(len(used)):
-            row, line = rows[used[k]], across[k]
-            for x in range(new_w):
-                a, b, dx = left[x], right[x], weight_x[x]
-                for c in range(3):
-                    start = np.float32(row[a + c])
-                    line[3 * x + c] = start + (np.float32(row[b + c]) - start) * dx
+        across = np.empty((2, new_w * 3), np.float32)  # used row k interpolated along x, in slot k % 2
+        ready = 0  # used rows 0..ready-1 are done: `top` and `bottom` never go back, nor apart by more than one
         line = np.empty(new_w * 3, np.float32)
         plane = np.empty(new_w, np.float32)
         for y in range(new_h):
-            upper, lower, dy = across[top[y]], across[bottom[y]], weight_y[y]
+            while ready <= bottom[y]:
+                row, slot = rows[used[ready]], across[ready % 2]
+                for x in range(new_w):
+                    a, b, dx = left[x], right[x], weight_x[x]
+                    for c in range(3):
+                        start = np.float32(row[a + c])
+                        slot[3 * x + c] = start + (np.float32(row[b + c]) - start) * dx
+                ready += 1
+            upper, lower, dy = across[top[y] % 2], across[bottom[y] % 2], weight_y[y]
             for j in range(new_w * 3):
                 line[j] = upper[j] + (lower[j] - upper[j]) * dy
             if planar:
