@@ -26,6 +26,7 @@ from efficientdet_trt.convert.graph_surgery import (
 
 log = logging.getLogger("fp16")
 
+
 def to_fp16(model):
     """Return a float16 copy of a converted EfficientDet ONNX model (NMS and graph I/O stay float32)."""
     from onnxconverter_common import float16

@@ -18,6 +18,7 @@ from efficientdet_trt.core.common import UserError
 
 __all__ = ["OUTPUT_NAMES", "PLUGIN_OPS", "WINDOW_INPUT", "Runner", "TensorSpec", "image_layout", "window_sizes"]
 
+
 def window_sizes(batch, infos, input_hw):
     """The `image_size` rows [batch, 2] float32 of a --clip_to_image graph: each image's fitted (height, width)
     in model pixels from its ImageInfo; the whole input for rows without one (padding rows, benchmarks)."""
