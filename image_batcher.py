@@ -158,6 +158,7 @@ def load_rgb(path, draft_box=None):
         # draft works on the stored (unrotated) pixels
         box = draft_box[::-1] if rotated else draft_box
         image.draft("RGB", fitted_size(image.size[0], image.size[1], *box))
+    pillow_pixels.one_block_for(*image.size)  # a big photo kept in one block is resized in place, not copied
     image.load()
     if orientation != 1:
         image = ImageOps.exif_transpose(image)

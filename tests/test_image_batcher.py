@@ -343,5 +343,28 @@ def test_pillow_pixels_are_the_images_own_and_outlive_it():
     gc.collect()
     Image.new("RGB", (64, 48), (1, 2, 3)).load()  # memory freed too early would be reused here
     assert np.array_equal(view.reshape(48, 64, 4)[:, :, :3], pixels)
-    assert pillow_pixels.rgbx_rows(Image.new("RGB", (3000, 2000))) is None  # 24 MB: more than one block
+    block_size = Image.core.get_block_size()
+    try:
+        Image.core.set_block_size(1 << 20)
+        assert pillow_pixels.rgbx_rows(Image.new("RGB", (640, 480))) is None  # 1.2 MB: more than one block
+    finally:
+        Image.core.set_block_size(block_size)
     assert pillow_pixels.rgbx_rows(Image.new("L", (4, 4))) is None
+
+
+def test_a_photo_over_pillows_block_size_is_resized_in_place_with_the_same_values(tmp_path):
+    """A 4.3 MP photo takes 17 MB in Pillow's RGBX, over its default 16 MB block size: load_rgb raises the
+    block size first, so the photo is decoded into one block and the resize reads it in place; the values are
+    those of the resize of a copy of its pixels."""
+    from efficientdet_trt.core import pillow_pixels
+
+    Image.core.set_block_size(16 << 20)  # Pillow's default, whatever earlier tests decoded
+    y, x = np.mgrid[0:1800, 0:2400]
+    pixels = np.stack([x % 251, y % 241, (x + y) % 256], axis=-1).astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "big.jpg", quality=90)
+    image, size = load_rgb(tmp_path / "big.jpg")
+    assert size == (2400, 1800)
+    assert Image.core.get_block_size() >= 2400 * 1800 * 4
+    assert pillow_pixels.rgbx_rows(image) is not None
+    in_place = resize_bilinear_tf(image, 384, 512)
+    assert np.array_equal(in_place, resize_bilinear_tf(np.asarray(image), 384, 512))

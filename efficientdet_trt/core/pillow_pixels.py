@@ -5,13 +5,18 @@ raw encoder does not release it): 0.2 ms for a 640x480 photo, 1.9 ms for 1920x10
 other batcher thread runs Python. Pillow (11.2 on) also exports an image through the Arrow C data
 interface (Image.__arrow_c_array__): a schema and an array capsule whose buffer is the image's memory,
 kept alive by the capsules. An RGB image is exported as fixed-size lists of 4 uint8 per pixel (Pillow
-stores RGB as RGBX), so the view is uint8 [h, w * 4]. Pillow exports only images stored in one block
-(up to its 16 MB block size: about 4 MP); `rgbx_rows` answers None for others and for older Pillows.
+stores RGB as RGBX), so the view is uint8 [h, w * 4]. Pillow exports only images stored in one block,
+and stores an image in blocks of at most its block size (16 MB by default: about 4 MP of RGB), so
+`one_block_for` raises that size before a bigger photo is decoded. `rgbx_rows` answers None for images
+in several blocks, other modes and older Pillows.
 """
 
 import ctypes
 
 import numpy as np
+from PIL import Image
+
+BLOCK_SIZE_CAP = 1 << 30  # Pillow's block size is a C int; photos over 1 GiB (256 MP) stay in several blocks
 
 
 class _ArrowSchema(ctypes.Structure):
@@ -38,6 +43,21 @@ _ArrowArray._fields_ = [  # struct ArrowArray
 _capsule_pointer = ctypes.pythonapi.PyCapsule_GetPointer
 _capsule_pointer.restype = ctypes.c_void_p
 _capsule_pointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+
+
+def one_block_for(width, height):
+    """Make Pillow store an RGB image of width x height decoded from now on in one block (so `rgbx_rows` reads
+    it in place) by raising its block size, to a multiple of 16 MB, never lowering it.
+
+    A process-wide Pillow setting (what PILLOW_BLOCK_SIZE sets); it changes how Pillow splits an image's
+    memory into allocations, not how much memory an image takes. Left alone where Pillow pads rows to an
+    alignment (PILLOW_ALIGNMENT: such images are not exportable anyway) or lacks the setting."""
+    core = Image.core
+    if not hasattr(core, "set_block_size") or core.get_alignment() != 1:
+        return
+    needed = -(-width * height * 4 // (16 << 20)) * (16 << 20)
+    if core.get_block_size() < needed <= BLOCK_SIZE_CAP:
+        core.set_block_size(needed)
 
 
 def rgbx_rows(image):
