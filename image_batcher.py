@@ -297,12 +297,28 @@ def fit_into(image, original_size, out, layout, preprocessing=Preprocessing()):
     else:
         new_w, new_h = fitted_size(original_size[0], original_size[1], height, width)
         view[:new_h, :new_w] = np.asarray(image.resize((new_w, new_h), resample=Image.BILINEAR))
-    pad = np.rint(preprocessing.pad) if integer else preprocessing.pad
-    view[new_h:, :] = pad
-    view[:new_h, new_w:] = pad
+    pad_around(out, layout, new_h, new_w, np.rint(preprocessing.pad) if integer else preprocessing.pad)
     # The scales the pixels were really resized by, per axis. AutoML's own graph maps boxes back
     # with its one float scale, which the truncated size makes up to one input pixel off.
     return new_w / original_size[0], new_h / original_size[1]
+
+
+def pad_around(out, layout, new_h, new_w, pad):
+    """Fill an [H, W, 3] (NHWC) or [3, H, W] (NCHW) `out` outside its top-left new_h x new_w with the colour
+    `pad` (3 values, cast to out's dtype), a whole row of values at a time: assigning the 3 values broadcast
+    over every pixel runs NumPy's loop 3 values at a time, 20x slower (0.3 ms for 512 x 128 pixels)."""
+    if layout == "NCHW":
+        for channel, value in enumerate(pad):
+            out[channel, new_h:] = value
+            out[channel, :new_h, new_w:] = value
+        return
+    if not out.flags.c_contiguous:
+        out[new_h:] = pad
+        out[:new_h, new_w:] = pad
+        return
+    for region in (out[new_h:], out[:new_h, new_w:]):
+        if region.size:  # a view: a pixel's 3 values are contiguous, and so are the pixels of a row in it
+            region.reshape(region.shape[0], -1)[...] = np.tile(pad, region.shape[1])
 
 
 def fit_image(image, height, width, preprocessing=Preprocessing()):

@@ -19,6 +19,7 @@ from image_batcher import (
     fit_image,
     list_images,
     load_rgb,
+    pad_around,
     resize_bilinear_tf,
 )
 
@@ -104,6 +105,24 @@ def test_padding_is_mean_colour_bottom_and_right_and_last_batch_zero_padded(tmp_
     assert np.all(wide[:, 32:, :] == pad)
     assert np.all(tall[:, :, 32:] == pad)
     assert np.all(batches[1][0][1] == 0)
+
+
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("dtype", [np.float32, np.uint8, np.float16])
+@pytest.mark.parametrize("new_hw", [(40, 50), (48, 50), (40, 64), (48, 64), (0, 0)])
+def test_pad_around_fills_all_but_the_image_as_a_broadcast_would(layout, dtype, new_hw):
+    """pad_around writes a row of values at a time; the values and the region are those of assigning the
+    colour to every pixel outside the top-left new_h x new_w, into a batch slot or a strided view."""
+    pad = np.rint(IMAGENET_MEAN_RGB) if np.dtype(dtype).kind == "u" else np.array(IMAGENET_MEAN_RGB)
+    new_h, new_w = new_hw
+    shape = (48, 64, 3) if layout == "NHWC" else (3, 48, 64)
+    for out in (np.zeros(shape, dtype), np.zeros((2, *shape), dtype)[1, ...], np.zeros((*shape, 2), dtype)[..., 0]):
+        expected = out.copy()
+        view = expected if layout == "NHWC" else expected.transpose(1, 2, 0)
+        view[new_h:, :] = pad
+        view[:new_h, new_w:] = pad
+        pad_around(out, layout, new_h, new_w, pad)
+        assert np.array_equal(out, expected)
 
 
 @pytest.mark.parametrize("original", [(640, 480), (480, 640), (333, 500), (1000, 200), (100, 75), (256, 256)])
