@@ -207,25 +207,34 @@ def _bilinear_taps(in_size, out_size, half_pixel=True):
     return lower, upper, (position - floor).astype(np.float32)
 
 
-def _source_rows(image, used):
-    """(rows, where, pixel bytes): an RGB image's rows as uint8 [n, w * pixel bytes] and where the rows `used`
-    (sorted, unique) are in it. A PIL image is read in place where Pillow can export it (pillow_pixels: RGBX,
-    4 bytes a pixel, no copy); else it is not converted whole when few of its rows are used (a big photo
-    shrunk): its runs of used rows are cropped, and those are all the rows returned."""
+def _source_rows(image, used_rows):
+    """(rows, row_at, pixel bytes): an RGB image's rows as uint8 [n, w * pixel bytes], and per source row its
+    index in them. A PIL image is read in place where Pillow can export it (pillow_pixels: RGBX, 4 bytes a
+    pixel, no copy); else, when few of its rows are used (a big photo shrunk; used_rows() gives them, sorted
+    and unique), only its runs of used rows are cropped, and those are all the rows returned."""
     if isinstance(image, Image.Image):
         width, height = image.size
         if image.mode != "RGB":
             image = image.convert("RGB")
         in_place = pillow_pixels.rgbx_rows(image)
         if in_place is not None:
-            return in_place, used, 4
+            return in_place, np.arange(height), 4
+        used = used_rows()
         if 2 * len(used) > height:
             image = np.asarray(image)
         else:
             runs = np.split(used, np.flatnonzero(np.diff(used) != 1) + 1)
             data = b"".join(image.crop((0, int(run[0]), width, int(run[-1]) + 1)).tobytes() for run in runs)
-            return np.frombuffer(data, np.uint8).reshape(len(used), width * 3), np.arange(len(used)), 3
-    return np.ascontiguousarray(image).reshape(image.shape[0], -1), used, 3
+            row_at = np.zeros(height, np.intp)
+            row_at[used] = np.arange(len(used))
+            return np.frombuffer(data, np.uint8).reshape(len(used), width * 3), row_at, 3
+    return np.ascontiguousarray(image).reshape(image.shape[0], -1), np.arange(image.shape[0]), 3
+
+
+def _used_rows(height, new_h, half_pixel):
+    """The source rows a resize to new_h rows reads, sorted and unique."""
+    top, bottom, _ = _bilinear_taps(height, new_h, half_pixel)
+    return np.unique(np.concatenate([top, bottom]))
 
 
 def resize_bilinear_tf(pixels, new_h, new_w, out=None, half_pixel=True, layout="NHWC"):
@@ -244,21 +253,23 @@ def resize_bilinear_tf(pixels, new_h, new_w, out=None, half_pixel=True, layout="
     slower: benchmarks/bench_image_batcher.py).
     """
     height, width = (pixels.size[1], pixels.size[0]) if isinstance(pixels, Image.Image) else pixels.shape[:2]
-    top, bottom, weight_y = _bilinear_taps(height, new_h, half_pixel)
-    left, right, weight_x = _bilinear_taps(width, new_w, half_pixel)
-    used, row_of = np.unique(np.concatenate([top, bottom]), return_inverse=True)
-    rows, at, pixel_bytes = _source_rows(pixels, used)
     if out is None:
         out = np.empty((new_h, new_w, 3), np.float32)
     view = out[:new_h, :new_w] if layout == "NHWC" else out[:, :new_h, :new_w].transpose(1, 2, 0)
-    kernel = resize_kernel.compiled()
-    if kernel is not None and out.dtype in (np.float32, np.uint8) and out.flags.c_contiguous:
-        kernel(rows, at, row_of[:new_h], row_of[new_h:], weight_y, left * pixel_bytes, right * pixel_bytes,
-               weight_x, out, layout == "NCHW", out.dtype == np.uint8)
+    kernels = resize_kernel.compiled()
+    if kernels is not None and out.dtype in (np.float32, np.uint8) and out.flags.c_contiguous:
+        rows, row_at, pixel_bytes = _source_rows(pixels, lambda: _used_rows(height, new_h, half_pixel))
+        kernels.resize(rows, row_at, height, width, new_h, new_w, half_pixel, pixel_bytes, out, layout == "NCHW",
+                       out.dtype == np.uint8)
         return view
     # NumPy: the column taps gathered with one np.take over bytes (~25% faster than over 3-byte pixels), the
     # uint8 values made float32 inside the ufuncs, the arithmetic in place.
+    top, bottom, weight_y = _bilinear_taps(height, new_h, half_pixel)
+    left, right, weight_x = _bilinear_taps(width, new_w, half_pixel)
+    used, row_of = np.unique(np.concatenate([top, bottom]), return_inverse=True)
+    rows, row_at, pixel_bytes = _source_rows(pixels, lambda: used)
     columns = (np.concatenate([left, right])[:, None] * pixel_bytes + np.arange(3)).ravel()  # the taps' bytes
+    at = row_at[used]
     rows = rows if len(at) == rows.shape[0] else np.take(rows, at, axis=0)
     taps = np.take(rows, columns, axis=1, mode="clip").reshape(len(used), 2 * new_w, 3)
     start, end = taps[:, :new_w], taps[:, new_w:]
@@ -305,8 +316,13 @@ def fit_into(image, original_size, out, layout, preprocessing=Preprocessing()):
 
 def pad_around(out, layout, new_h, new_w, pad):
     """Fill an [H, W, 3] (NHWC) or [3, H, W] (NCHW) `out` outside its top-left new_h x new_w with the colour
-    `pad` (3 values, cast to out's dtype), a whole row of values at a time: assigning the 3 values broadcast
-    over every pixel runs NumPy's loop 3 values at a time, 20x slower (0.3 ms for 512 x 128 pixels)."""
+    `pad` (3 values, cast to out's dtype): in the compiled kernel (resize_kernel, without the GIL) for
+    float32 and uint8 batch slots, else a whole row of values at a time (assigning the 3 values broadcast
+    over every pixel runs NumPy's loop 3 values at a time, 20x slower: 0.3 ms for 512 x 128 pixels)."""
+    kernels = resize_kernel.compiled()
+    if kernels is not None and out.dtype in (np.float32, np.uint8) and out.flags.c_contiguous:
+        kernels.fill(out, new_h, new_w, np.asarray(pad, out.dtype), layout == "NCHW")
+        return
     if layout == "NCHW":
         for channel, value in enumerate(pad):
             out[channel, new_h:] = value

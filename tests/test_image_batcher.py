@@ -110,9 +110,10 @@ def test_padding_is_mean_colour_bottom_and_right_and_last_batch_zero_padded(tmp_
 @pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
 @pytest.mark.parametrize("dtype", [np.float32, np.uint8, np.float16])
 @pytest.mark.parametrize("new_hw", [(40, 50), (48, 50), (40, 64), (48, 64), (0, 0)])
-def test_pad_around_fills_all_but_the_image_as_a_broadcast_would(layout, dtype, new_hw):
-    """pad_around writes a row of values at a time; the values and the region are those of assigning the
-    colour to every pixel outside the top-left new_h x new_w, into a batch slot or a strided view."""
+def test_pad_around_fills_all_but_the_image_as_a_broadcast_would(implementation, layout, dtype, new_hw):
+    """pad_around writes the padding in the compiled kernel or a row of values at a time; the values and the
+    region are those of assigning the colour to every pixel outside the top-left new_h x new_w, into a batch
+    slot or a strided view."""
     pad = np.rint(IMAGENET_MEAN_RGB) if np.dtype(dtype).kind == "u" else np.array(IMAGENET_MEAN_RGB)
     new_h, new_w = new_hw
     shape = (48, 64, 3) if layout == "NHWC" else (3, 48, 64)
@@ -193,6 +194,24 @@ def implementation(request, monkeypatch):
     return request.param
 
 
+def test_the_compiled_taps_are_numpys():
+    """The kernel computes each image's taps itself (no NumPy calls holding the GIL): the same source indices
+    and float32 weights as _bilinear_taps, for every size pair up to 64 and big ones, both centre kinds."""
+    from image_batcher import _bilinear_taps
+
+    kernels = resize_kernel.compiled()
+    if kernels is None:
+        pytest.skip("numba is not installed (requirements.txt lists it)")
+    pairs = [(a, b) for a in range(1, 65) for b in range(1, 65)] + [(480, 384), (2000, 341), (6000, 4000),
+                                                                  (333, 1536), (4032, 1536), (1080, 1919)]
+    for in_size, out_size in pairs:
+        for half_pixel in (True, False):
+            ours = kernels.taps(in_size, out_size, half_pixel)
+            theirs = _bilinear_taps(in_size, out_size, half_pixel)
+            for a, b in zip(ours, theirs):
+                assert a.dtype == b.dtype and np.array_equal(a, b), (in_size, out_size, half_pixel)
+
+
 def test_legacy_bilinear_resize_is_tf1s_to_the_bit(implementation):
     import tensorflow as tf
 
@@ -214,7 +233,13 @@ def test_bilinear_resize_is_tensorflows_to_the_bit(implementation, in_hw, out_hw
     pixels = np.random.default_rng(0).integers(0, 256, (*in_hw, 3)).astype(np.uint8)
     theirs = tf.image.resize(tf.cast(pixels, tf.float32), out_hw, method="bilinear").numpy()
     assert np.array_equal(resize_bilinear_tf(pixels, *out_hw), theirs)
-    assert np.array_equal(resize_bilinear_tf(Image.fromarray(pixels), *out_hw), theirs)
+    assert np.array_equal(resize_bilinear_tf(Image.fromarray(pixels), *out_hw), theirs)  # read in place
+    block_size = Image.core.get_block_size()
+    try:
+        Image.core.set_block_size(4096)  # rows in several blocks: not exportable, read by crops or a copy
+        assert np.array_equal(resize_bilinear_tf(Image.fromarray(pixels), *out_hw), theirs)
+    finally:
+        Image.core.set_block_size(block_size)
     height, width = out_hw[0] + 2, out_hw[1] + 3
     for dtype, expected in ((np.float32, theirs), (np.uint8, np.rint(theirs).astype(np.uint8))):
         for layout, shape in (("NHWC", (height, width, 3)), ("NCHW", (3, height, width))):
