@@ -13,7 +13,7 @@ default AutoML preprocessing (TensorFlow's resize, no antialiasing, exact mean
 padding), reporting their pixel differences from the baseline, with its resize compiled (Numba) and in
 NumPy (the fallback where Numba is not installed). Last, the batcher's uint8 batches (for graphs made
 with create_onnx.py --input_dtype uint8) against its float32 ones: batches/s and bytes per batch side by
-side.
+side, with the rate of the JPEG decode alone (which no output dtype changes) as their ceiling.
 """
 
 import argparse
@@ -21,6 +21,7 @@ import os
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from unittest import mock
 
 import numpy as np
@@ -33,7 +34,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "fixtures"))
 from synthetic_images import make_image  # noqa: E402
 
 from efficientdet_trt.core import resize_kernel  # noqa: E402
-from image_batcher import AUTOML, NVIDIA, PAD_COLOR, ImageBatcher, Preprocessing, list_images  # noqa: E402
+from image_batcher import AUTOML, NVIDIA, PAD_COLOR, ImageBatcher, Preprocessing, list_images, load_rgb  # noqa: E402
 
 
 def numpy_resize():
@@ -68,6 +69,12 @@ def write_jpegs(folder, count, width, height):
         image.save(os.path.join(folder, f"photo_{i:03d}.jpg"), quality=90)
 
 
+def timed_call(function):
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
 def timed(batches, count):
     start = time.perf_counter()
     arrays = [b.copy() for b in batches]
@@ -100,9 +107,15 @@ def compare_dtypes(label, folder, shape, layout, batch_size, count, repeats, pre
             rates[name] = max(rates.get(name, 0.0), rate)
             nbytes[name], batches[name] = arrays[0].nbytes, arrays
     diff = max(float(np.abs(a.astype(np.float32) - b).max()) for a, b in zip(batches["uint8"], batches["float32"]))
+    # the JPEG decode every image needs whatever the output dtype, on as many threads as the batcher uses
+    files = list_images(folder)
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        decode = max(count / timed_call(lambda: list(pool.map(load_rgb, files))) for _ in range(repeats))
     print(f"{label:44s} float32 {rates['float32'] / batch_size:6.1f} batches/s, {nbytes['float32'] / 1e6:5.2f} MB"
           f" | uint8 {rates['uint8'] / batch_size:6.1f} batches/s, {nbytes['uint8'] / 1e6:5.2f} MB | "
           f"x{rates['uint8'] / rates['float32']:4.2f} | max |diff| {diff:.2f}")
+    print(f"{'  the JPEG decode alone':44s} {decode / batch_size:6.1f} batches/s: the most any dtype can reach, "
+          f"x{decode / rates['float32']:4.2f} float32")
 
 
 def plain_resize_bilinear_tf(image, new_h, new_w):
