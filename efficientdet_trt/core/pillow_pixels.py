@@ -12,11 +12,13 @@ in several blocks, other modes and older Pillows.
 """
 
 import ctypes
+import threading
 
 import numpy as np
 from PIL import Image
 
 BLOCK_SIZE_CAP = 1 << 30  # Pillow's block size is a C int; photos over 1 GiB (256 MP) stay in several blocks
+_block_size_lock = threading.Lock()
 
 
 class _ArrowSchema(ctypes.Structure):
@@ -50,14 +52,17 @@ def one_block_for(width, height):
     it in place) by raising its block size, to a multiple of 16 MB, never lowering it.
 
     A process-wide Pillow setting (what PILLOW_BLOCK_SIZE sets); it changes how Pillow splits an image's
-    memory into allocations, not how much memory an image takes. Left alone where Pillow pads rows to an
-    alignment (PILLOW_ALIGNMENT: such images are not exportable anyway) or lacks the setting."""
+    memory into allocations, not how much memory an image takes (where PILLOW_BLOCKS_MAX has Pillow keep
+    freed blocks, it also bounds how big those may be). Left alone where Pillow pads rows to an alignment
+    (PILLOW_ALIGNMENT: such images are not exportable anyway) or lacks the setting."""
     core = Image.core
     if not hasattr(core, "set_block_size") or core.get_alignment() != 1:
         return
     needed = -(-width * height * 4 // (16 << 20)) * (16 << 20)
     if core.get_block_size() < needed <= BLOCK_SIZE_CAP:
-        core.set_block_size(needed)
+        with _block_size_lock:  # two threads raising it at once: the bigger size stays
+            if core.get_block_size() < needed:
+                core.set_block_size(needed)
 
 
 def rgbx_rows(image):
