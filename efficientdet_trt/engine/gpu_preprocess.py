@@ -291,7 +291,7 @@ class PillowResize:
         the coefficient tables uploaded once, one kernel launch per pass, on the stream, into scratch device
         memory; returns the resized images likewise. Call it again only once the stream has finished the
         previous call's kernels (their scratch is reused)."""
-        tables, steps, used = [], [], 0
+        tables, steps, used = [], [], 0  # per image, per pass: (vertical, table offset, taps, shape after it)
         for (_, (height, width), _), (new_h, new_w) in zip(sources, sizes):
             shape, plan = (height, width), []
             for name in pillow_resize.passes(width, height, new_w, new_h):
@@ -299,39 +299,35 @@ class PillowResize:
                 first, count, weights = pillow_resize.coefficients(shape[0] if vertical else shape[1],
                                                                    new_h if vertical else new_w)
                 table = np.concatenate([first, count, weights.ravel()])
-                plan.append((vertical, used, weights.shape[1]))
+                shape = (new_h, shape[1]) if vertical else (shape[0], new_w)
+                plan.append((vertical, used, weights.shape[1], shape))
                 tables.append(table)
                 used += -(-table.nbytes // ALIGN) * ALIGN
-                shape = (new_h, shape[1]) if vertical else (shape[0], new_w)
             steps.append(plan)
-        table_bytes, layout = used, []  # after the tables, per image one buffer per pass (the last: the result)
-        for plan, (source, (new_h, new_w)) in zip(steps, zip(sources, sizes)):
-            height, width = source[1]
-            buffers, shape = [], (height, width)
-            for vertical, _, _ in plan:
-                shape = (new_h, shape[1]) if vertical else (shape[0], new_w)
-                buffers.append((used, shape))
-                used += -(-(shape[0] * shape[1] * 3) // ALIGN) * ALIGN
-            layout.append(buffers)
+        table_bytes, outputs = used, []  # after the tables, per image one buffer per pass (the last: the result)
+        for plan in steps:
+            outputs.append([])
+            for *_, (height, width) in plan:
+                outputs[-1].append(used)
+                used += -(-(height * width * 3) // ALIGN) * ALIGN
         if used > self._scratch_bytes:
             if self._scratch is not None:
                 self.cuda.free(self._scratch)
             self._scratch, self._scratch_bytes = self.cuda.malloc(used), used
         if tables:
             packed = np.zeros(table_bytes // 4, np.int32)
-            for (_, offset, _), table in zip((step for plan in steps for step in plan), tables):
+            for (_, offset, _, _), table in zip((step for plan in steps for step in plan), tables):
                 packed[offset // 4: offset // 4 + table.size] = table
             self.cuda.copy_to_device(self._scratch, packed, self.stream)  # pageable: staged before it returns
         stream = self.cuda.stream_handle(self.stream)
         resized = []
-        for plan, buffers, source in zip(steps, layout, sources):
-            pointer, row_bytes = source[0], source[2]
-            for (vertical, offset, ksize), (at, shape) in zip(plan, buffers):
+        for plan, offsets, (pointer, shape, row_bytes) in zip(steps, outputs, sources):
+            for (vertical, table, ksize, shape), at in zip(plan, offsets):
                 target = self._scratch + at
-                self.letterbox.pillow_pass(pointer, row_bytes, target, shape[1] * 3, shape, self._scratch + offset,
+                self.letterbox.pillow_pass(pointer, row_bytes, target, shape[1] * 3, shape, self._scratch + table,
                                            ksize, vertical, stream)
                 pointer, row_bytes = target, shape[1] * 3
-            resized.append((pointer, buffers[-1][1] if buffers else source[1], row_bytes))
+            resized.append((pointer, shape, row_bytes))
         return resized
 
     def close(self):
